@@ -1,0 +1,182 @@
+// The one strict schema for cachegate's configuration. Checked once at boot (config/load.ts), then frozen.
+// Unknown keys are errors everywhere: a typo must never silently fall back to a default.
+import { isIP } from "node:net";
+import { z } from "zod";
+
+const DURATION_RE = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/;
+const DURATION_UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** A duration: a number of milliseconds, or a string such as "250ms", "30s", "5m", "1h". */
+export const duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  if (typeof v === "number") {
+    if (Number.isInteger(v) && v >= 0) return v;
+    ctx.addIssue({ code: "custom", message: `expected a non-negative integer of milliseconds, got ${v}` });
+    return z.NEVER;
+  }
+  const m = DURATION_RE.exec(v.trim());
+  if (!m) {
+    ctx.addIssue({
+      code: "custom",
+      message: `expected a duration such as "500ms", "30s", "5m" or "1h", got "${v}"`,
+    });
+    return z.NEVER;
+  }
+  return Math.round(Number(m[1]) * (DURATION_UNIT_MS[m[2] as string] as number));
+});
+
+const SIZE_RE = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)$/i;
+const SIZE_UNIT: Record<string, number> = {
+  b: 1,
+  kib: 1024,
+  mib: 1024 ** 2,
+  gib: 1024 ** 3,
+  kb: 1000,
+  mb: 1000 ** 2,
+  gb: 1000 ** 3,
+};
+
+/** A size in bytes: a number, or a string such as "512KiB", "5MiB". */
+export const byteSize = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  if (typeof v === "number") {
+    if (Number.isInteger(v) && v >= 0) return v;
+    ctx.addIssue({ code: "custom", message: `expected a non-negative integer of bytes, got ${v}` });
+    return z.NEVER;
+  }
+  const m = SIZE_RE.exec(v.trim());
+  if (!m) {
+    ctx.addIssue({ code: "custom", message: `expected a size such as "512KiB" or "5MiB", got "${v}"` });
+    return z.NEVER;
+  }
+  return Math.round(Number(m[1]) * (SIZE_UNIT[(m[2] as string).toLowerCase()] as number));
+});
+
+const port = z.number().int().min(0).max(65535);
+// Names end up as Prometheus label values and in logs: keep them short and plain.
+const name = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, "expected 1-63 letters, digits, '_', '.' or '-'");
+
+export const HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] as const;
+
+const addressOrCidr = z.string().refine((v) => {
+  const [addr, bits, extra] = v.split("/");
+  if (extra !== undefined || !addr) return false;
+  const family = isIP(addr);
+  if (family === 0) return false;
+  if (bits === undefined) return true;
+  const n = Number(bits);
+  return Number.isInteger(n) && n >= 0 && n <= (family === 4 ? 32 : 128);
+}, "expected an IP address or CIDR such as 10.0.0.0/8 or ::1");
+
+const upstreamUrl = z.string().refine((v) => {
+  try {
+    const u = new URL(v);
+    return (u.protocol === "http:" || u.protocol === "https:") && !u.search && !u.hash && !u.username;
+  } catch {
+    return false;
+  }
+}, "expected an absolute http:// or https:// URL without query, fragment or credentials");
+
+const upstreamSchema = z.strictObject({
+  name,
+  url: upstreamUrl,
+  /** Send the client's Host header upstream (true) or the upstream's own host (false, like nginx's default). */
+  preserveHost: z.boolean().default(false),
+  timeouts: z
+    .strictObject({
+      connect: duration.default(5_000), // 5 s to open a TCP (and TLS) connection
+      response: duration.default(300_000), // 5 min until the response headers arrive
+      idle: duration.default(300_000), // 5 min without a byte on the upstream socket
+      streamIdle: duration.default(0), // event streams: no idle limit (Dify pings every 10 s, runs last 20 min)
+    })
+    .prefault({}),
+  pool: z
+    .strictObject({
+      maxSockets: z.number().int().min(1).max(65_536).default(256),
+      maxFreeSockets: z.number().int().min(0).max(65_536).default(64),
+      keepAlive: duration.default(30_000), // 30 s: TCP keep-alive probe delay for idle pooled sockets
+      freeSocketTimeout: duration.default(4_000), // 4 s: close a pooled socket idle this long (below common upstream keep-alive of 5 s)
+    })
+    .prefault({}),
+});
+
+const routeSchema = z.strictObject({
+  name,
+  match: z
+    .strictObject({
+      pathPrefix: z.string().regex(/^\//, "expected a path starting with '/'").default("/"),
+      methods: z.array(z.enum(HTTP_METHODS)).min(1).optional(),
+    })
+    .prefault({}),
+  upstream: name,
+});
+
+const logLevel = z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
+
+export const configSchema = z
+  .strictObject({
+    listen: z
+      .strictObject({ host: z.string().min(1).default("0.0.0.0"), port: port.default(8080) })
+      .prefault({}),
+    admin: z
+      .strictObject({
+        enabled: z.boolean().default(true),
+        host: z.string().min(1).default("127.0.0.1"),
+        port: port.default(9091),
+        token: z.string().min(16, "expected at least 16 characters").optional(),
+      })
+      .prefault({}),
+    /** Peers whose X-Forwarded-* headers are believed (your Nginx). Everyone else's are replaced. */
+    trustProxy: z.array(addressOrCidr).default(["127.0.0.1", "::1"]),
+    server: z
+      .strictObject({
+        requestTimeout: duration.default(300_000), // 5 min to receive a whole request (Node's default)
+        headersTimeout: duration.default(60_000), // 60 s to receive request headers
+        keepAliveTimeout: duration.default(75_000), // 75 s: longer than nginx's upstream keepalive_timeout (60 s)
+        shutdownTimeout: duration.default(30_000), // 30 s for in-flight requests after SIGTERM
+        maxHeaderSize: byteSize.default(16 * 1024), // 16 KiB of request headers
+      })
+      .prefault({}),
+    log: z.strictObject({ level: logLevel.default("info") }).prefault({}),
+    redis: z.strictObject({ url: z.string().min(1).optional() }).prefault({}),
+    plugins: z.array(z.string().min(1)).default([]),
+    upstreams: z.array(upstreamSchema).min(1, "expected at least one upstream (or pass --upstream URL)"),
+    routes: z.array(routeSchema).min(1, "expected at least one route"),
+  })
+  .superRefine((cfg, ctx) => {
+    const known = new Set<string>();
+    cfg.upstreams.forEach((u, i) => {
+      if (known.has(u.name)) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["upstreams", i, "name"],
+          message: `duplicate upstream "${u.name}"`,
+        });
+      }
+      known.add(u.name);
+    });
+    const knownList = [...known].join(", ");
+    const routeNames = new Set<string>();
+    cfg.routes.forEach((r, i) => {
+      if (routeNames.has(r.name)) {
+        ctx.addIssue({ code: "custom", path: ["routes", i, "name"], message: `duplicate route "${r.name}"` });
+      }
+      routeNames.add(r.name);
+      if (!known.has(r.upstream)) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["routes", i, "upstream"],
+          message: `unknown upstream "${r.upstream}" (known: ${knownList})`,
+        });
+      }
+    });
+    if (cfg.admin.enabled && cfg.admin.port !== 0 && cfg.admin.port === cfg.listen.port) {
+      ctx.addIssue({ code: "custom", path: ["admin", "port"], message: "must differ from listen.port" });
+    }
+  });
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type Config = z.output<typeof configSchema>;
+export type UpstreamConfig = Config["upstreams"][number];
+export type RouteConfig = Config["routes"][number];
+export type LogLevel = z.output<typeof logLevel>;

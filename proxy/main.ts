@@ -1,0 +1,91 @@
+#!/usr/bin/env node
+// CLI entry: arguments → config → start → signals. Exit codes: 0 ok, 1 invalid config or failed start, 2 bad usage.
+import { readFileSync } from "node:fs";
+import { ConfigError, loadConfig } from "../config/load.js";
+import { parseCli, USAGE } from "./cli.js";
+import { startCachegate } from "./server.js";
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
+    version: string;
+  };
+  return pkg.version;
+}
+
+async function main(): Promise<number> {
+  let cli: ReturnType<typeof parseCli>;
+  try {
+    cli = parseCli(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`cachegate: ${(err as Error).message}\nTry 'cachegate --help'.\n`);
+    return 2;
+  }
+  if (cli.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  if (cli.version) {
+    process.stdout.write(`${version()}\n`);
+    return 0;
+  }
+
+  let loaded: ReturnType<typeof loadConfig>;
+  try {
+    loaded = loadConfig(cli.flags);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`cachegate: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+  const { config, file } = loaded;
+  if (cli.checkConfig) {
+    process.stdout.write(
+      `configuration OK${file ? ` (${file})` : ""}: ${config.upstreams.length} upstream(s), ` +
+        `${config.routes.length} route(s), listen ${config.listen.host}:${config.listen.port}\n`,
+    );
+    return 0;
+  }
+
+  const gate = await startCachegate(config);
+  const { logger } = gate;
+  process.on("uncaughtException", (err) => {
+    logger.fatal({ err }, "uncaught exception; exiting");
+    logger.flush();
+    process.exit(1);
+  });
+  process.on("unhandledRejection", (err) => logger.error({ err }, "unhandled promise rejection"));
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        logger.warn({ signal }, "second signal: exiting without waiting for in-flight requests");
+        logger.flush();
+        process.exit(1);
+      }
+      stopping = true;
+      logger.info({ signal, deadlineMs: config.server.shutdownTimeout }, "draining");
+      gate.close().then(
+        () => resolve(0),
+        (err: unknown) => {
+          logger.error({ err }, "error while draining");
+          resolve(1);
+        },
+      );
+    };
+    process.on("SIGTERM", stop);
+    process.on("SIGINT", stop);
+  });
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`cachegate: failed to start: ${(err as Error).message}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,37 @@
+// Lifecycle events. Metrics and the access log listen here; the request path never calls them directly.
+import { EventEmitter } from "node:events";
+
+/** What is known about a request once its response has ended (or the client went away). */
+export interface RequestSummary {
+  reqId: string;
+  method: string;
+  /** Path without the query string: queries can carry secrets. */
+  path: string;
+  route: string;
+  upstream: string;
+  status: number;
+  bytes: number;
+  durationMs: number;
+  /** Time to the upstream's response headers, when the upstream was asked. */
+  upstreamMs: number | undefined;
+  cache: string;
+  clientIp: string;
+  /** Set when cachegate produced an error response, or the exchange was cut. */
+  error: string | undefined;
+  /** The client connection closed before the response was complete. */
+  aborted: boolean;
+}
+
+export interface UpstreamSummary {
+  upstream: string;
+  route: string;
+  status: number;
+  ttfbMs: number;
+}
+
+interface EventMap {
+  "request:end": [RequestSummary];
+  "upstream:response": [UpstreamSummary];
+}
+
+export class ProxyEvents extends EventEmitter<EventMap> {}

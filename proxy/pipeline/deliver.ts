@@ -1,0 +1,80 @@
+// Last stage, deliver: the only place that writes to the client socket. Adds cachegate's own headers,
+// flushes event streams frame by frame, and cuts the client connection if the upstream body breaks.
+import type { OutgoingHttpHeader } from "node:http";
+import { pipeline } from "node:stream";
+import type { RequestContext, ResponsePlan } from "../context.js";
+import { errorBody, ProxyError } from "../errors.js";
+
+export function errorResponse(ctx: RequestContext, err: ProxyError): ResponsePlan {
+  ctx.errorCode = err.code;
+  const body = errorBody(err.code, err.message, ctx.id);
+  return {
+    status: err.status,
+    headers: {
+      "content-type": "application/json; charset=utf-8",
+      "content-length": body.length,
+      "cache-control": "no-store",
+      ...err.headers,
+    },
+    body,
+  };
+}
+
+export function isEventStream(contentType: OutgoingHttpHeader | undefined): boolean {
+  return (
+    typeof contentType === "string" && contentType.trimStart().toLowerCase().startsWith("text/event-stream")
+  );
+}
+
+export interface DeliverOptions {
+  /** Set while draining: ask keep-alive clients to reconnect elsewhere. */
+  closing(): boolean;
+}
+
+export function deliver(ctx: RequestContext, plan: ResponsePlan, opts: DeliverOptions): void {
+  const { res } = ctx;
+  if (res.headersSent || res.destroyed) {
+    // Nothing sensible can be written any more; make sure nothing leaks.
+    if (plan.body && !Buffer.isBuffer(plan.body)) plan.body.destroy();
+    return;
+  }
+  const headers = plan.headers;
+  headers["x-request-id"] = ctx.id;
+  if (opts.closing()) headers.connection = "close";
+  const eventStream = isEventStream(headers["content-type"]);
+  if (eventStream) {
+    // Nginx must not buffer the stream either (its proxy_buffering is on by default).
+    headers["x-accel-buffering"] = "no";
+    if (headers["cache-control"] === undefined) headers["cache-control"] = "no-cache";
+  }
+  res.writeHead(plan.status, plan.statusMessage || undefined, headers);
+
+  const body = plan.body;
+  const headOnly = ctx.method === "HEAD" || plan.status === 204 || plan.status === 304;
+  if (body === null || headOnly) {
+    if (body && !Buffer.isBuffer(body)) body.resume();
+    res.end();
+    return;
+  }
+  if (Buffer.isBuffer(body)) {
+    res.end(body);
+    return;
+  }
+  if (eventStream) {
+    res.flushHeaders();
+    res.socket?.setNoDelay(true);
+  }
+  pipeline(body, res, (err) => {
+    if (!err) return;
+    // The upstream body broke: the client must see a cut connection, not a truncated reply that looks complete.
+    // (If the client itself left, its socket is already gone and there is nobody to tell.)
+    if (res.socket && !res.socket.destroyed) {
+      ctx.errorCode ??= "upstream_aborted";
+      res.destroy();
+    }
+  });
+}
+
+export function asProxyError(err: unknown): ProxyError {
+  return err instanceof ProxyError ? err : new ProxyError("internal_error");
+}

@@ -1,0 +1,70 @@
+// Routes and upstreams compiled once from the frozen config. Matching is first-match in config order.
+import http from "node:http";
+import https from "node:https";
+import type { Config, RouteConfig, UpstreamConfig } from "../config/schema.js";
+
+export interface Upstream {
+  readonly name: string;
+  readonly url: URL;
+  readonly config: UpstreamConfig;
+  /** Keep-alive pool: without one http-proxy-3 sends `Connection: close` and every request pays a handshake. */
+  readonly agent: http.Agent;
+}
+
+export interface CompiledRoute {
+  readonly name: string;
+  readonly pathPrefix: string;
+  readonly methods: ReadonlySet<string> | null;
+  readonly upstream: Upstream;
+  readonly config: RouteConfig;
+}
+
+export function createUpstream(config: UpstreamConfig): Upstream {
+  const url = new URL(config.url);
+  const options: http.AgentOptions = {
+    keepAlive: true,
+    keepAliveMsecs: config.pool.keepAlive,
+    maxSockets: config.pool.maxSockets,
+    maxFreeSockets: config.pool.maxFreeSockets,
+    // Agent `timeout` closes pooled sockets idle this long; requests in flight get their own timers.
+    timeout: config.pool.freeSocketTimeout,
+    scheduling: "lifo",
+  };
+  const agent = url.protocol === "https:" ? new https.Agent(options) : new http.Agent(options);
+  return { name: config.name, url, config, agent };
+}
+
+export class Router {
+  readonly routes: readonly CompiledRoute[];
+  readonly upstreams: ReadonlyMap<string, Upstream>;
+
+  constructor(config: Config) {
+    const upstreams = new Map<string, Upstream>();
+    for (const u of config.upstreams) upstreams.set(u.name, createUpstream(u));
+    this.upstreams = upstreams;
+    this.routes = config.routes.map((r) => {
+      const upstream = upstreams.get(r.upstream);
+      // The schema already rejected unknown upstream names; this guards against a schema regression.
+      if (!upstream) throw new Error(`route ${r.name}: unknown upstream ${r.upstream}`);
+      return {
+        name: r.name,
+        pathPrefix: r.match.pathPrefix,
+        methods: r.match.methods ? new Set<string>(r.match.methods) : null,
+        upstream,
+        config: r,
+      };
+    });
+  }
+
+  match(method: string, path: string): CompiledRoute | undefined {
+    for (const r of this.routes) {
+      if (r.methods && !r.methods.has(method === "HEAD" && r.methods.has("GET") ? "GET" : method)) continue;
+      if (path.startsWith(r.pathPrefix)) return r;
+    }
+    return undefined;
+  }
+
+  close(): void {
+    for (const u of this.upstreams.values()) u.agent.destroy();
+  }
+}

@@ -1,0 +1,255 @@
+// Wiring: listeners (proxy port, admin port), the pipeline, and graceful drain.
+import { randomUUID } from "node:crypto";
+import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo, Socket } from "node:net";
+import type { Config } from "../config/schema.js";
+import { createAdminServer } from "./admin/admin-server.js";
+import type { RequestContext } from "./context.js";
+import { ERRORS, errorBody, ProxyError } from "./errors.js";
+import { ProxyEvents, type RequestSummary } from "./observability/events.js";
+import { createLogger, type Logger } from "./observability/logger.js";
+import { createMetrics, type Metrics } from "./observability/metrics.js";
+import { asProxyError, deliver, errorResponse, isEventStream } from "./pipeline/deliver.js";
+import { createForwardStage } from "./pipeline/forward.js";
+import { type Pipeline, runPipeline } from "./pipeline/pipeline.js";
+import { createRouteStage } from "./pipeline/route.js";
+import { Router } from "./routing.js";
+import { setForwardedHeaders, TrustedProxies, unmapIPv4 } from "./upstream/forwarded.js";
+import { Forwarder } from "./upstream/forwarder.js";
+import { stripRequestHopByHop } from "./upstream/hop-by-hop.js";
+
+const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export interface StartOptions {
+  logger?: Logger;
+  /** Collect Node's default process metrics (off in tests that start many instances). */
+  defaultMetrics?: boolean;
+}
+
+export interface Cachegate {
+  readonly port: number;
+  readonly adminPort: number | undefined;
+  readonly config: Config;
+  readonly logger: Logger;
+  readonly metrics: Metrics;
+  readonly events: ProxyEvents;
+  /** Stops accepting, lets in-flight requests finish up to `deadlineMs`, then cuts what is left. */
+  close(deadlineMs?: number): Promise<void>;
+}
+
+class Context implements RequestContext {
+  url: string;
+  path: string;
+  clientIp: string;
+  readonly peerIp: string;
+  readonly method: string;
+  route: RequestContext["route"] = undefined;
+  upstream: RequestContext["upstream"] = undefined;
+  cacheStatus = "BYPASS";
+  upstreamMs: number | undefined = undefined;
+  errorCode: RequestContext["errorCode"] = undefined;
+  private childLog: Logger | undefined;
+
+  constructor(
+    readonly id: string,
+    readonly req: IncomingMessage,
+    readonly res: ServerResponse,
+    readonly startedAt: number,
+    private readonly rootLog: Logger,
+  ) {
+    this.url = req.url ?? "/";
+    this.path = this.url;
+    this.method = req.method ?? "GET";
+    this.peerIp = unmapIPv4(req.socket.remoteAddress ?? "");
+    this.clientIp = this.peerIp;
+  }
+
+  get log(): Logger {
+    this.childLog ??= this.rootLog.child({ reqId: this.id });
+    return this.childLog;
+  }
+}
+
+function listen(server: http.Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
+}
+
+function closeServer(server: http.Server): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()));
+}
+
+/** A raw HTTP error reply on a socket that has no ServerResponse (a refused upgrade). */
+function rejectUpgrade(socket: Socket, err: ProxyError, id: string): void {
+  if (!socket.writable) return void socket.destroy();
+  const body = errorBody(err.code, err.message, id);
+  socket.end(
+    `HTTP/1.1 ${err.status} ${http.STATUS_CODES[err.status] ?? ""}\r\nconnection: close\r\n` +
+      `content-type: application/json; charset=utf-8\r\ncontent-length: ${body.length}\r\nx-request-id: ${id}\r\n\r\n${body}`,
+  );
+}
+
+export async function startCachegate(config: Config, opts: StartOptions = {}): Promise<Cachegate> {
+  const logger = opts.logger ?? createLogger(config.log.level);
+  const events = new ProxyEvents();
+  const metrics = createMetrics(events, { defaultMetrics: opts.defaultMetrics });
+  const router = new Router(config);
+  const trust = new TrustedProxies(config.trustProxy);
+  const forwarder = new Forwarder({ isEventStream: (h) => isEventStream(h["content-type"]) });
+  const pipeline: Pipeline = {
+    requestStages: [createRouteStage(router, trust), createForwardStage(forwarder, trust, events)],
+    responseStages: [],
+  };
+
+  let draining = false;
+  let inFlight = 0;
+  let drained: (() => void) | undefined;
+  const upgraded = new Set<Socket>();
+  const deliverOpts = { closing: () => draining };
+
+  events.on("request:end", (s) => {
+    const level = s.error && s.status >= 500 ? "warn" : "info";
+    logger[level](s, "request");
+  });
+
+  const onRequest = (req: IncomingMessage, res: ServerResponse) => {
+    inFlight++;
+    const startedAt = performance.now();
+    const given = req.headers["x-request-id"];
+    const id = typeof given === "string" && REQUEST_ID_RE.test(given) ? given : randomUUID();
+    const ctx = new Context(id, req, res, startedAt, logger);
+    const socket = req.socket;
+    const bytesBefore = socket.bytesWritten;
+
+    res.once("close", () => {
+      inFlight--;
+      const aborted = !res.writableFinished && ctx.errorCode !== "upstream_aborted";
+      const summary: RequestSummary = {
+        reqId: id,
+        method: ctx.method,
+        path: ctx.path,
+        route: ctx.route?.name ?? "none",
+        upstream: ctx.upstream?.name ?? "none",
+        status: aborted && !res.headersSent ? ERRORS.client_closed.status : res.statusCode,
+        bytes: socket.bytesWritten - bytesBefore,
+        durationMs: performance.now() - startedAt,
+        upstreamMs: ctx.upstreamMs,
+        cache: ctx.cacheStatus,
+        clientIp: ctx.clientIp,
+        error: aborted ? "client_closed" : ctx.errorCode,
+        aborted,
+      };
+      events.emit("request:end", summary);
+      if (draining && inFlight === 0) drained?.();
+    });
+
+    // While draining, requests that still arrive on kept-alive connections are served, with `connection: close`.
+    runPipeline(pipeline, ctx).then(
+      (plan) => deliver(ctx, plan, deliverOpts),
+      (err: unknown) => {
+        const pe = asProxyError(err);
+        if (pe.code === "internal_error") ctx.log.error({ err }, "request failed inside cachegate");
+        if (pe.code === "client_closed") {
+          ctx.errorCode = "client_closed";
+          return;
+        }
+        deliver(ctx, errorResponse(ctx, pe), deliverOpts);
+      },
+    );
+  };
+
+  const server = http.createServer(
+    {
+      requestTimeout: config.server.requestTimeout,
+      headersTimeout: config.server.headersTimeout,
+      keepAliveTimeout: config.server.keepAliveTimeout,
+      maxHeaderSize: config.server.maxHeaderSize,
+      noDelay: true,
+    },
+    onRequest,
+  );
+  server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
+    // Malformed HTTP from a client: answer with a coded JSON error when the socket still allows it.
+    if (!socket.writable || err.code === "ECONNRESET") return void socket.destroy();
+    const code =
+      err.code === "HPE_HEADER_OVERFLOW" ? 431 : err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400;
+    const body = errorBody("invalid_request", `malformed HTTP request (${err.code ?? "parse error"})`);
+    socket.end(
+      `HTTP/1.1 ${code} ${http.STATUS_CODES[code]}\r\nconnection: close\r\ncontent-type: application/json; charset=utf-8\r\n` +
+        `content-length: ${body.length}\r\n\r\n${body}`,
+    );
+  });
+  server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    const given = req.headers["x-request-id"];
+    const id = typeof given === "string" && REQUEST_ID_RE.test(given) ? given : randomUUID();
+    socket.on("error", () => socket.destroy());
+    if (draining) return rejectUpgrade(socket, new ProxyError("shutting_down"), id);
+    const path = (req.url ?? "/").split("?")[0] ?? "/";
+    const route = path.startsWith("/") ? router.match(req.method ?? "GET", path) : undefined;
+    if (!route) return rejectUpgrade(socket, new ProxyError("route_not_found"), id);
+    const peer = unmapIPv4(req.socket.remoteAddress ?? "");
+    stripRequestHopByHop(req.headers, true);
+    setForwardedHeaders(req.headers, peer, false, trust.has(peer));
+    req.headers["x-request-id"] = id;
+    upgraded.add(socket);
+    socket.once("close", () => upgraded.delete(socket));
+    forwarder.upgrade(req, socket, head, route.upstream, (err) => {
+      logger.warn({ reqId: id, route: route.name, err: (err as Error).message }, "upgrade failed");
+      socket.destroy();
+    });
+  });
+
+  const port = await listen(server, config.listen.port, config.listen.host);
+  let admin: http.Server | undefined;
+  let adminPort: number | undefined;
+  if (config.admin.enabled) {
+    admin = createAdminServer({
+      token: config.admin.token,
+      registry: metrics.registry,
+      ready: () => !draining,
+    });
+    try {
+      adminPort = await listen(admin, config.admin.port, config.admin.host);
+    } catch (err) {
+      await closeServer(server);
+      throw err;
+    }
+  }
+  logger.info(
+    { port, adminPort, upstreams: config.upstreams.map((u) => `${u.name}=${u.url}`) },
+    "cachegate listening",
+  );
+
+  let closing: Promise<void> | undefined;
+  const close = (deadlineMs = config.server.shutdownTimeout): Promise<void> => {
+    closing ??= (async () => {
+      draining = true;
+      const stopped = closeServer(server);
+      server.closeIdleConnections();
+      if (inFlight > 0) {
+        await new Promise<void>((resolve) => {
+          drained = resolve;
+          setTimeout(resolve, deadlineMs).unref();
+        });
+      }
+      server.closeAllConnections();
+      for (const s of upgraded) s.destroy();
+      await stopped;
+      if (admin) {
+        admin.closeAllConnections();
+        await closeServer(admin);
+      }
+      forwarder.close();
+      router.close();
+      logger.info({ abandoned: inFlight }, "cachegate stopped");
+    })();
+    return closing;
+  };
+
+  return { port, adminPort, config, logger, metrics, events, close };
+}
