@@ -78,10 +78,12 @@ function readConfigFile(file: string): Raw {
   return data;
 }
 
-function toPort(value: string, source: string): number {
+function toPort(value: string, source: string, key: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n > 65535) {
-    throw new ConfigError(source, [`expected a port number 0-65535, got "${value}"`]);
+    throw new ConfigError(source, [
+      `${key} (from ${source}): expected a port number 0-65535, got "${value}"`,
+    ]);
   }
   return n;
 }
@@ -118,7 +120,8 @@ function setPath(target: Raw, path: (string | number)[], value: unknown): void {
   let node: Raw = target;
   for (const key of path.slice(0, -1)) {
     const next = node[key as string];
-    if (!isRecord(next)) node[key as string] = {};
+    // Arrays are containers too: `upstreams[0].url` must land inside the file's upstream list, not replace it.
+    if (!isRecord(next) && !Array.isArray(next)) node[key as string] = {};
     node = node[key as string] as Raw;
   }
   node[path[path.length - 1] as string] = value;
@@ -154,12 +157,12 @@ export function loadConfig(flags: ConfigFlags, env: NodeJS.ProcessEnv = process.
   if (merged.port !== undefined) {
     overrides.push({
       path: ["listen", "port"],
-      value: toPort(merged.port, src("port")),
+      value: toPort(merged.port, src("port"), "listen.port"),
       source: src("port"),
     });
   }
   if (merged.adminPort !== undefined) {
-    const value = toPort(merged.adminPort, src("adminPort"));
+    const value = toPort(merged.adminPort, src("adminPort"), "admin.port");
     overrides.push({ path: ["admin", "port"], value, source: src("adminPort") });
   }
   if (merged.redis !== undefined)
@@ -181,7 +184,8 @@ export function loadConfig(flags: ConfigFlags, env: NodeJS.ProcessEnv = process.
 
   for (const o of overrides) setPath(raw, o.path, o.value);
 
-  const result = configSchema.safeParse(raw);
+  // reportInput: zod 4 leaves `issue.input` out otherwise, and describeIssues tells "required" from "wrong type" by it.
+  const result = configSchema.safeParse(raw, { reportInput: true });
   if (!result.success) throw new ConfigError(origin, describeIssues(result.error.issues, overrides));
   return { config: deepFreeze(result.data), file };
 }
@@ -205,7 +209,7 @@ function applyUpstream(raw: Raw, url: string, source: string, overrides: Overrid
   }
   const count = Array.isArray(ups) ? ups.length : 0;
   throw new ConfigError(origin, [
-    `${source}: ambiguous, the config defines ${count} upstreams; set each upstream's url in the file instead`,
+    `upstreams (from ${source}): ambiguous, the config defines ${count} upstreams; set each upstream's url in the file instead`,
   ]);
 }
 

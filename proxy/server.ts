@@ -124,6 +124,8 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     const id = typeof given === "string" && REQUEST_ID_RE.test(given) ? given : randomUUID();
     const ctx = new Context(id, req, res, startedAt, logger);
     const socket = req.socket;
+    // http-proxy-3, the forwarder, stream.pipeline and this server each watch `close`: ~8 listeners is normal.
+    res.setMaxListeners(20);
     const bytesBefore = socket.bytesWritten;
 
     res.once("close", () => {

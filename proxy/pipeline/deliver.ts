@@ -64,14 +64,13 @@ export function deliver(ctx: RequestContext, plan: ResponsePlan, opts: DeliverOp
     res.flushHeaders();
     res.socket?.setNoDelay(true);
   }
+  // The upstream body broke while the client was still there: record it (the pipeline below cuts the client
+  // connection, so it sees an incomplete reply rather than a truncated one that looks complete).
+  body.once("error", () => {
+    if (!ctx.req.socket.destroyed) ctx.errorCode ??= "upstream_aborted";
+  });
   pipeline(body, res, (err) => {
-    if (!err) return;
-    // The upstream body broke: the client must see a cut connection, not a truncated reply that looks complete.
-    // (If the client itself left, its socket is already gone and there is nobody to tell.)
-    if (res.socket && !res.socket.destroyed) {
-      ctx.errorCode ??= "upstream_aborted";
-      res.destroy();
-    }
+    if (err && !res.destroyed) res.destroy();
   });
 }
 

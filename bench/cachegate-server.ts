@@ -1,0 +1,24 @@
+// cachegate as production builds it (config through the real loader, the production logger and default metrics),
+// on 127.0.0.1:0 with the admin port on 0, logging at info to /dev/null so the cost of the access log is counted.
+import pino from "pino";
+import { loadConfig } from "../config/load.js";
+import { createLogger } from "../proxy/observability/logger.js";
+import { startCachegate } from "../proxy/server.js";
+import { announce, exitOnParentSignal, requireEnv } from "./child.js";
+
+const upstream = requireEnv("BENCH_UPSTREAM_URL");
+
+// An empty env: CACHEGATE_* variables of the shell that runs the benchmark must not change what is measured.
+const { config } = loadConfig(
+  { upstream, host: "127.0.0.1", port: "0", adminPort: "0", logLevel: "info" },
+  {},
+);
+const destination = pino.destination({ dest: "/dev/null", sync: false });
+const logger = createLogger(config.log.level, destination);
+const gate = await startCachegate(config, { logger, defaultMetrics: true });
+
+announce("cachegate", gate.port);
+exitOnParentSignal(async () => {
+  await gate.close(500);
+  logger.flush();
+});
