@@ -10,11 +10,37 @@ test("stops at the first stage that responds and lets response stages replace th
   const ran: string[] = [];
   const pipeline: Pipeline = {
     requestStages: [
-      { name: "a", run: () => (ran.push("a"), CONTINUE) },
-      { name: "b", run: async () => (ran.push("b"), respond(plan(203))) },
-      { name: "c", run: () => (ran.push("c"), respond(plan(500))) },
+      {
+        name: "a",
+        run: () => {
+          ran.push("a");
+          return CONTINUE;
+        },
+      },
+      {
+        name: "b",
+        run: async () => {
+          ran.push("b");
+          return respond(plan(203));
+        },
+      },
+      {
+        name: "c",
+        run: () => {
+          ran.push("c");
+          return respond(plan(500));
+        },
+      },
     ],
-    responseStages: [{ name: "store", run: (_c, r) => (ran.push("store"), { ...r, status: r.status + 1 }) }],
+    responseStages: [
+      {
+        name: "store",
+        run: (_c, r) => {
+          ran.push("store");
+          return { ...r, status: r.status + 1 };
+        },
+      },
+    ],
   };
   const out = await runPipeline(pipeline, ctx);
   assert.equal(out.status, 204);
