@@ -100,8 +100,76 @@ const upstreamSchema = z.strictObject({
     .prefault({}),
 });
 
+const headerName = z
+  .string()
+  .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, "expected an HTTP header name")
+  .transform((v) => v.toLowerCase());
+
+/** A field path into a JSON body: "inputs.timestamp" (dot-separated object keys). */
+const fieldPath = z
+  .string()
+  .regex(/^[^.]+(\.[^.]+)*$/, 'expected a dot-separated field path such as "inputs.timestamp"');
+
+export const CACHEABLE_METHODS = ["GET", "HEAD", "POST"] as const;
+
+const routeCacheSchema = z
+  .strictObject({
+    enabled: z.boolean().default(true),
+    /**
+     * "http": the upstream's Cache-Control/Expires decide (RFC 9111); `ttl` only fills in for responses that carry
+     * no freshness information. "override": `ttl` decides for the statuses listed, whatever the upstream says
+     * (no-store and private are still obeyed).
+     */
+    mode: z.enum(["http", "override"]).default("http"),
+    ttl: duration.default(0), // 0: only what the upstream's headers allow
+    staleWhileRevalidate: duration.default(0), // serve stale this long while one background refresh runs
+    staleIfError: duration.default(0), // serve stale this long when the upstream fails (5xx, timeout, refused)
+    methods: z.array(z.enum(CACHEABLE_METHODS)).min(1).default(["GET", "HEAD"]),
+    /** Statuses `ttl` applies to (forced or filled-in freshness). Upstream-declared freshness follows RFC 9111. */
+    statuses: z.array(z.number().int().min(200).max(599)).min(1).default([200]),
+    maxEntryBytes: byteSize.default(5 * 1024 * 1024), // 5 MiB: larger responses pass through unstored
+    /** A request carrying this header (any value) skips the cache entirely. */
+    bypassHeader: headerName.default("x-cachegate-bypass"),
+    /**
+     * Whose entries are whose. Default: the key carries a hash of Authorization, and responses to requests with
+     * Authorization are stored only when the response allows it (public, s-maxage, must-revalidate; RFC 9111 §3.5).
+     * `tenantHeader`: key on a hash of this header instead, and store authorized responses (they stay per tenant).
+     * `shared: true`: one entry for everyone — only for responses that are truly public.
+     */
+    tenantHeader: headerName.optional(),
+    shared: z.boolean().default(false),
+    /** Store responses that set cookies (they are then replayed to every client of the same key). */
+    allowSetCookie: z.boolean().default(false),
+    /** Sort query parameters in the key, so ?a=1&b=2 and ?b=2&a=1 share an entry. */
+    sortQuery: z.boolean().default(true),
+    /** POST caching: the canonical JSON body (keys sorted, whitespace dropped) is part of the key. */
+    body: z
+      .strictObject({
+        maxBytes: byteSize.default(1024 * 1024), // 1 MiB: larger bodies pass through uncached
+        include: z.array(fieldPath).default([]), // when set, only these fields are keyed
+        exclude: z.array(fieldPath).default([]), // fields that never matter (timestamps, trace ids)
+      })
+      .prefault({}),
+    /** Purge tags added to every entry stored by this route. */
+    tags: z.array(z.string().min(1)).default([]),
+  })
+  .prefault({})
+  .superRefine((c, ctx) => {
+    if (c.shared && c.tenantHeader) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["shared"],
+        message: "shared: true and tenantHeader exclude each other",
+      });
+    }
+    if (c.mode === "override" && c.ttl === 0) {
+      ctx.addIssue({ code: "custom", path: ["ttl"], message: 'mode "override" needs a ttl above 0' });
+    }
+  });
+
 const routeSchema = z.strictObject({
   name,
+  cache: routeCacheSchema,
   match: z
     .strictObject({
       pathPrefix: z.string().regex(/^\//, "expected a path starting with '/'").default("/"),
@@ -110,6 +178,61 @@ const routeSchema = z.strictObject({
     .prefault({}),
   upstream: name,
 });
+
+const redisUrl = z.string().refine((v) => {
+  try {
+    const u = new URL(v);
+    return u.protocol === "redis:" || u.protocol === "rediss:";
+  } catch {
+    return false;
+  }
+}, "expected a redis:// or rediss:// URL");
+
+const redisSchema = z
+  .strictObject({
+    /** Standalone server (or the password/db/TLS template for sentinel and cluster modes). */
+    url: redisUrl.optional(),
+    /** Sentinel mode: the sentinels and the monitored master's name. */
+    sentinels: z
+      .array(z.strictObject({ host: z.string().min(1), port: port }))
+      .min(1)
+      .optional(),
+    sentinelName: z.string().min(1).optional(),
+    /** Cluster mode: seed nodes. */
+    cluster: z.array(redisUrl).min(1).optional(),
+    keyPrefix: z.string().default("cachegate:"),
+    commandTimeout: duration.default(100), // 100 ms: a slow Redis is a miss, never a slow request
+    connectTimeout: duration.default(2_000), // 2 s
+  })
+  .prefault({})
+  .superRefine((r, ctx) => {
+    const modes = [r.sentinels ? "sentinels" : "", r.cluster ? "cluster" : ""].filter(Boolean);
+    if (modes.length > 1)
+      ctx.addIssue({ code: "custom", message: "set either sentinels or cluster, not both" });
+    if (r.sentinels && !r.sentinelName) {
+      ctx.addIssue({ code: "custom", path: ["sentinelName"], message: "required with sentinels" });
+    }
+  });
+
+const cacheGlobalSchema = z
+  .strictObject({
+    memory: z
+      .strictObject({
+        maxBytes: byteSize.default(256 * 1024 * 1024), // 256 MiB for bodies and headers in this process
+        maxEntries: z.number().int().min(1).default(100_000),
+        maxEntryBytes: byteSize.default(5 * 1024 * 1024), // 5 MiB: larger responses stay in Redis only
+      })
+      .prefault({}),
+    /** ± fraction applied at random to every freshness lifetime, so entries stored together expire apart. */
+    jitter: z.number().min(0).max(0.5).default(0.1),
+    /** Response headers whose comma/space-separated values become purge tags. */
+    tagHeaders: z.array(z.string().min(1)).default(["cache-tag", "surrogate-key"]),
+    /** How long a coalesced follower waits for the leader's response before going upstream itself. */
+    coalesceTimeout: duration.default(10_000), // 10 s
+    /** Probabilistic early refresh (XFetch): beta > 0 refreshes hot entries shortly before they expire. */
+    earlyRefreshBeta: z.number().min(0).max(10).default(0),
+  })
+  .prefault({});
 
 const logLevel = z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
 
@@ -138,7 +261,8 @@ export const configSchema = z
       })
       .prefault({}),
     log: z.strictObject({ level: logLevel.default("info") }).prefault({}),
-    redis: z.strictObject({ url: z.string().min(1).optional() }).prefault({}),
+    redis: redisSchema,
+    cache: cacheGlobalSchema,
     plugins: z.array(z.string().min(1)).default([]),
     upstreams: z.array(upstreamSchema).min(1, "expected at least one upstream (or pass --upstream URL)"),
     routes: z.array(routeSchema).min(1, "expected at least one route"),
@@ -179,4 +303,5 @@ export type ConfigInput = z.input<typeof configSchema>;
 export type Config = z.output<typeof configSchema>;
 export type UpstreamConfig = Config["upstreams"][number];
 export type RouteConfig = Config["routes"][number];
+export type RouteCacheConfig = RouteConfig["cache"];
 export type LogLevel = z.output<typeof logLevel>;

@@ -1,14 +1,15 @@
 #!/usr/bin/env node
 // CLI entry: arguments → config → start → signals. Exit codes: 0 ok, 1 invalid config or failed start, 2 bad usage.
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { ConfigError, loadConfig } from "../config/load.js";
 import { parseCli, USAGE } from "./cli.js";
 import { startCachegate } from "./server.js";
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
-    version: string;
-  };
+  // Runs as proxy/main.ts (tsx, `npm run dev`) or as dist/proxy/main.js: package.json is one or two levels up.
+  const candidates = ["../package.json", "../../package.json"].map((p) => new URL(p, import.meta.url));
+  const file = candidates.find((u) => existsSync(u)) ?? (candidates[1] as URL);
+  const pkg = JSON.parse(readFileSync(file, "utf8")) as { version: string };
   return pkg.version;
 }
 
