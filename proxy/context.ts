@@ -1,6 +1,10 @@
 // The state one request carries through the pipeline. Stages read and write it; only `deliver` touches `res`.
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
 import type { Readable } from "node:stream";
+import type { RouteCacheConfig } from "../config/schema.js";
+import type { CacheEntry } from "./cache/entry.js";
+import type { Leader } from "./cache/single-flight.js";
+import type { TierName } from "./cache/tier.js";
 import type { ErrorCode } from "./errors.js";
 import type { Logger } from "./observability/logger.js";
 import type { CompiledRoute, Upstream } from "./routing.js";
@@ -12,6 +16,27 @@ export interface ResponsePlan {
   /** Lower-case header names; hop-by-hop headers already removed. */
   headers: OutgoingHttpHeaders;
   body: Buffer | Readable | null;
+}
+
+/** What the cache stages know about a cacheable request. */
+export interface CacheState {
+  readonly rules: RouteCacheConfig;
+  readonly primaryKey: string;
+  /** The variant's storage key (the primary key until a vary record says otherwise). */
+  key: string;
+  vary: string[] | undefined;
+  /** "host/path?query", what purges by URL match. */
+  readonly url: string;
+  /** Key on a route-declared tenant header, or shared: authorized responses become storable. */
+  readonly tenantScoped: boolean;
+  /** False when the response must not be stored (request no-store, HEAD). */
+  storable: boolean;
+  /** A stored entry that is not fresh: revalidate it, or stand in with it when the upstream fails. */
+  stale: CacheEntry | undefined;
+  /** This request leads the coalesced fetch for `key`. */
+  flight: Leader | undefined;
+  /** The request body, read to build the key (opted-in POST), replayed upstream. */
+  body: Buffer | undefined;
 }
 
 export interface RequestContext {
@@ -33,6 +58,19 @@ export interface RequestContext {
   upstream: Upstream | undefined;
   /** X-Cache value for the response. */
   cacheStatus: string;
+  /** Which tier served a hit. */
+  cacheTier: TierName | undefined;
+  cache: CacheState | undefined;
+  /** The request body to send upstream instead of the request stream (it was read for the key). */
+  upstreamBody: Buffer | undefined;
+  /** The first chunks of a body too large to key: replayed upstream before the rest of the request stream. */
+  upstreamBodyPrefix: Buffer[] | undefined;
+  /** The client's own If-None-Match / If-Modified-Since, set aside while we revalidate with our validators. */
+  clientConditionals: Record<string, string | undefined>;
+  /** Served from the cache after waiting for another request's upstream fetch. */
+  coalesced: boolean;
+  /** The response came from the upstream (not the cache, not an error made here). */
+  fromUpstream: boolean;
   /** ms from arrival until the upstream's response headers, if the upstream was asked. */
   upstreamMs: number | undefined;
   /** Error code when cachegate produced or cut the response. */

@@ -10,6 +10,7 @@ export const ERRORS = {
   upstream_timeout: { status: 504, message: "the upstream did not answer in time" },
   // 499 as in nginx: never seen by the client, recorded in logs and metrics.
   client_closed: { status: 499, message: "the client closed the connection" },
+  not_cached: { status: 504, message: "not in the cache and the request said only-if-cached" },
   shutting_down: { status: 503, message: "this instance is shutting down" },
   internal_error: { status: 500, message: "internal error" },
   unauthorized: { status: 401, message: "missing or invalid admin token" },

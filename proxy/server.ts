@@ -4,15 +4,21 @@ import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import type { Config } from "../config/schema.js";
 import { createAdminServer } from "./admin/admin-server.js";
+import { createPurgeHandler } from "./admin/purge.js";
+import { type CacheService, createCacheService } from "./cache/cache-service.js";
 import type { RequestContext } from "./context.js";
 import { ERRORS, errorBody, ProxyError } from "./errors.js";
 import { ProxyEvents, type RequestSummary } from "./observability/events.js";
 import { createLogger, type Logger } from "./observability/logger.js";
 import { createMetrics, type Metrics } from "./observability/metrics.js";
+import { createClassifyStage } from "./pipeline/classify.js";
+import { createCoalesceStage } from "./pipeline/coalesce.js";
 import { asProxyError, deliver, errorResponse, isEventStream } from "./pipeline/deliver.js";
 import { createForwardStage } from "./pipeline/forward.js";
+import { createLookupStage } from "./pipeline/lookup.js";
 import { type Pipeline, runPipeline } from "./pipeline/pipeline.js";
 import { createRouteStage } from "./pipeline/route.js";
+import { createStoreStage } from "./pipeline/store.js";
 import { Router } from "./routing.js";
 import { setForwardedHeaders, TrustedProxies, unmapIPv4 } from "./upstream/forwarded.js";
 import { Forwarder } from "./upstream/forwarder.js";
@@ -33,6 +39,7 @@ export interface Cachegate {
   readonly logger: Logger;
   readonly metrics: Metrics;
   readonly events: ProxyEvents;
+  readonly cache: CacheService;
   /** Stops accepting, lets in-flight requests finish up to `deadlineMs`, then cuts what is left. */
   close(deadlineMs?: number): Promise<void>;
 }
@@ -46,6 +53,13 @@ class Context implements RequestContext {
   route: RequestContext["route"] = undefined;
   upstream: RequestContext["upstream"] = undefined;
   cacheStatus = "BYPASS";
+  cacheTier: RequestContext["cacheTier"] = undefined;
+  cache: RequestContext["cache"] = undefined;
+  upstreamBody: Buffer | undefined = undefined;
+  upstreamBodyPrefix: Buffer[] | undefined = undefined;
+  fromUpstream = false;
+  clientConditionals: Record<string, string | undefined> = {};
+  coalesced = false;
   upstreamMs: number | undefined = undefined;
   errorCode: RequestContext["errorCode"] = undefined;
   private childLog: Logger | undefined;
@@ -97,13 +111,21 @@ function rejectUpgrade(socket: Socket, err: ProxyError, id: string): void {
 export async function startCachegate(config: Config, opts: StartOptions = {}): Promise<Cachegate> {
   const logger = opts.logger ?? createLogger(config.log.level);
   const events = new ProxyEvents();
-  const metrics = createMetrics(events, { defaultMetrics: opts.defaultMetrics });
   const router = new Router(config);
   const trust = new TrustedProxies(config.trustProxy);
   const forwarder = new Forwarder({ isEventStream: (h) => isEventStream(h["content-type"]) });
+  const cacheService = createCacheService(config, { logger, events, forwarder, trust });
+  const metrics = createMetrics(events, { defaultMetrics: opts.defaultMetrics, cache: cacheService });
+  const { cache } = cacheService;
   const pipeline: Pipeline = {
-    requestStages: [createRouteStage(router, trust), createForwardStage(forwarder, trust, events)],
-    responseStages: [],
+    requestStages: [
+      createRouteStage(router, trust),
+      createClassifyStage(),
+      createLookupStage(cache, cacheService.refresher, config.cache.earlyRefreshBeta),
+      createCoalesceStage(cache, cacheService.flights, config.cache.coalesceTimeout),
+      createForwardStage(forwarder, trust, events),
+    ],
+    responseStages: [createStoreStage(cache, cacheService.writer, cacheService.invalidator)],
   };
 
   let draining = false;
@@ -130,6 +152,8 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
 
     res.once("close", () => {
       inFlight--;
+      // Whatever happened, a coalesced flight this request led must not leave followers waiting.
+      ctx.cache?.flight?.release("failed");
       const aborted = !res.writableFinished && ctx.errorCode !== "upstream_aborted";
       const summary: RequestSummary = {
         reqId: id,
@@ -142,6 +166,8 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
         durationMs: performance.now() - startedAt,
         upstreamMs: ctx.upstreamMs,
         cache: ctx.cacheStatus,
+        cacheTier: ctx.cacheTier,
+        coalesced: ctx.coalesced,
         clientIp: ctx.clientIp,
         error: aborted ? "client_closed" : ctx.errorCode,
         aborted,
@@ -214,6 +240,7 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
       token: config.admin.token,
       registry: metrics.registry,
       ready: () => !draining,
+      routes: { "POST /purge": createPurgeHandler(cacheService.invalidator, logger) },
     });
     try {
       adminPort = await listen(admin, config.admin.port, config.admin.host);
@@ -248,10 +275,11 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
       }
       forwarder.close();
       router.close();
+      await cacheService.close();
       logger.info({ abandoned: inFlight }, "cachegate stopped");
     })();
     return closing;
   };
 
-  return { port, adminPort, config, logger, metrics, events, close };
+  return { port, adminPort, config, logger, metrics, events, cache: cacheService, close };
 }

@@ -15,6 +15,10 @@ export interface RequestSummary {
   /** Time to the upstream's response headers, when the upstream was asked. */
   upstreamMs: number | undefined;
   cache: string;
+  /** Which tier served a hit. */
+  cacheTier: string | undefined;
+  /** Served after waiting for another request's upstream fetch. */
+  coalesced: boolean;
   clientIp: string;
   /** Set when cachegate produced an error response, or the exchange was cut. */
   error: string | undefined;
@@ -32,6 +36,9 @@ export interface UpstreamSummary {
 interface EventMap {
   "request:end": [RequestSummary];
   "upstream:response": [UpstreamSummary];
+  "redis:error": [{ op: string }];
+  "cache:refresh": [{ outcome: string }];
+  "cache:purge": [{ memory: number; redis: number }];
 }
 
 export class ProxyEvents extends EventEmitter<EventMap> {}

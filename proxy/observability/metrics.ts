@@ -1,6 +1,6 @@
 // Prometheus metrics (prom-client) on a registry of our own. Everything here listens to ProxyEvents;
 // label values come from fixed sets (route and upstream names from the config, status classes, known methods).
-import { Counter, collectDefaultMetrics, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import type { ProxyEvents } from "./events.js";
 
 const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
@@ -18,7 +18,16 @@ export interface Metrics {
   registry: Registry;
 }
 
-export function createMetrics(events: ProxyEvents, opts: { defaultMetrics?: boolean } = {}): Metrics {
+/** What the metrics read on scrape (gauges), instead of being told on every change. */
+export interface CacheStatsSource {
+  memory: { stats(): { entries: number; bytes: number; evictions: number; rejectedTooLarge: number } };
+  flights: { inFlight(): number };
+}
+
+export function createMetrics(
+  events: ProxyEvents,
+  opts: { defaultMetrics?: boolean; cache?: CacheStatsSource } = {},
+): Metrics {
   const registry = new Registry();
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
 
@@ -55,8 +64,80 @@ export function createMetrics(events: ProxyEvents, opts: { defaultMetrics?: bool
     registers: [registry],
   });
 
+  const cacheResults = new Counter({
+    name: "cachegate_cache_requests_total",
+    help: "Responses by route and X-Cache value (HIT, MISS, STALE, REVALIDATED, BYPASS).",
+    labelNames: ["route", "cache"] as const,
+    registers: [registry],
+  });
+  const tierHits = new Counter({
+    name: "cachegate_cache_hits_total",
+    help: "Responses served from the cache (HIT, STALE, REVALIDATED), by route and the tier that held the entry.",
+    labelNames: ["route", "tier"] as const,
+    registers: [registry],
+  });
+  const coalesced = new Counter({
+    name: "cachegate_coalesced_total",
+    help: "Requests answered from the cache after waiting for another request's upstream fetch, by route.",
+    labelNames: ["route"] as const,
+    registers: [registry],
+  });
+  const redisErrors = new Counter({
+    name: "cachegate_redis_errors_total",
+    help: "Redis failures (each treated as a miss or a no-op), by operation.",
+    labelNames: ["op"] as const,
+    registers: [registry],
+  });
+  const refreshes = new Counter({
+    name: "cachegate_cache_refreshes_total",
+    help: "Background refreshes (stale-while-revalidate, early refresh), by outcome.",
+    labelNames: ["outcome"] as const,
+    registers: [registry],
+  });
+  const cache = opts.cache;
+  if (cache) {
+    new Gauge({
+      name: "cachegate_memory_entries",
+      help: "Records in the memory tier.",
+      registers: [registry],
+      collect() {
+        this.set(cache.memory.stats().entries);
+      },
+    });
+    new Gauge({
+      name: "cachegate_memory_bytes",
+      help: "Bytes held by the memory tier (bodies plus estimated metadata).",
+      registers: [registry],
+      collect() {
+        this.set(cache.memory.stats().bytes);
+      },
+    });
+    new Counter({
+      name: "cachegate_memory_evictions_total",
+      help: "Records evicted from the memory tier to stay within its entry and byte budgets.",
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(cache.memory.stats().evictions);
+      },
+    });
+    new Gauge({
+      name: "cachegate_coalesce_in_flight",
+      help: "Keys whose upstream fetch this process is leading right now.",
+      registers: [registry],
+      collect() {
+        this.set(cache.flights.inFlight());
+      },
+    });
+  }
+
+  events.on("redis:error", (e) => redisErrors.labels(e.op).inc());
+  events.on("cache:refresh", (e) => refreshes.labels(e.outcome).inc());
   events.on("request:end", (s) => {
     requests.labels(s.route, methodLabel(s.method), statusClass(s.status)).inc();
+    cacheResults.labels(s.route, s.cache).inc();
+    if (s.cacheTier) tierHits.labels(s.route, s.cacheTier).inc();
+    if (s.coalesced) coalesced.labels(s.route).inc();
     duration.labels(s.route, s.cache).observe(s.durationMs / 1000);
     if (s.aborted) aborted.labels(s.route).inc();
     if (s.error) errors.labels(s.route, s.error).inc();

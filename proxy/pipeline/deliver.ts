@@ -40,6 +40,8 @@ export function deliver(ctx: RequestContext, plan: ResponsePlan, opts: DeliverOp
   }
   const headers = plan.headers;
   headers["x-request-id"] = ctx.id;
+  headers["x-cache"] = ctx.cacheStatus;
+  if (ctx.cacheTier) headers["x-cache-tier"] = ctx.cacheTier;
   if (opts.closing()) headers.connection = "close";
   const eventStream = isEventStream(headers["content-type"]);
   if (eventStream) {

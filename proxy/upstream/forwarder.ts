@@ -2,7 +2,8 @@
 // (selfHandleResponse: the pipeline decides what reaches the client). Adds what the library lacks:
 // connect/response/idle timeouts told apart from resets, coded errors, one retry of an idempotent request
 // whose pooled keep-alive socket turned out dead, and client-abort propagation.
-import type { ClientRequest, IncomingMessage, ServerResponse } from "node:http";
+import http, { type ClientRequest, type IncomingMessage, type ServerResponse } from "node:http";
+import https from "node:https";
 import type { Socket } from "node:net";
 import { Readable, type Stream } from "node:stream";
 import { createProxyServer, type ProxyServer } from "http-proxy-3";
@@ -87,7 +88,12 @@ export class Forwarder {
   }
 
   /** Forwards `req` to `upstream`; resolves with the response headers and a body stream. */
-  forward(req: IncomingMessage, res: ServerResponse, upstream: Upstream): Promise<UpstreamResponse> {
+  forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    upstream: Upstream,
+    body: Readable | IncomingMessage = req,
+  ): Promise<UpstreamResponse> {
     const started = performance.now();
     const t = upstream.config.timeouts;
     return new Promise<UpstreamResponse>((resolve, reject) => {
@@ -199,7 +205,69 @@ export class Forwarder {
           },
         );
       };
-      send(req);
+      send(body);
+    });
+  }
+
+  /**
+   * A request cachegate makes on its own behalf (background refresh): plain node:http on the upstream's pool,
+   * with the same timeouts and error codes as forwarded requests.
+   */
+  fetch(
+    upstream: Upstream,
+    init: {
+      method: string;
+      path: string;
+      headers: Record<string, string | string[] | undefined>;
+      body?: Buffer;
+    },
+  ): Promise<UpstreamResponse> {
+    const started = performance.now();
+    const t = upstream.config.timeouts;
+    const mod = upstream.url.protocol === "https:" ? https : http;
+    const base = upstream.url.pathname.replace(/\/$/, "");
+    const headers = { ...init.headers };
+    if (!upstream.config.preserveHost) headers.host = upstream.url.host;
+    if (init.body) headers["content-length"] = String(init.body.length);
+    return new Promise<UpstreamResponse>((resolve, reject) => {
+      const cr = mod.request({
+        protocol: upstream.url.protocol,
+        hostname: upstream.url.hostname.replace(/^\[|\]$/g, ""),
+        port: upstream.url.port || undefined,
+        method: init.method,
+        path: `${base}${init.path}`,
+        headers,
+        agent: upstream.agent,
+      });
+      let settled = false;
+      const timer =
+        t.response > 0
+          ? setTimeout(() => cr.destroy(coded("UPSTREAM_RESPONSE_TIMEOUT", "response timeout")), t.response)
+          : undefined;
+      cr.once("response", (proxyRes: IncomingMessage) => {
+        settled = true;
+        if (timer) clearTimeout(timer);
+        const idle = this.opts.isEventStream(proxyRes.headers) ? t.streamIdle : t.idle;
+        cr.setTimeout(
+          idle,
+          idle > 0 ? () => cr.destroy(coded("UPSTREAM_IDLE_TIMEOUT", "idle timeout")) : undefined,
+        );
+        resolve({
+          status: proxyRes.statusCode ?? 502,
+          statusMessage: proxyRes.statusMessage ?? "",
+          headers: proxyRes.headers,
+          body: proxyRes,
+          ttfbMs: performance.now() - started,
+        });
+      });
+      cr.on("error", (err: CodedError) => {
+        if (timer) clearTimeout(timer);
+        if (!settled) {
+          settled = true;
+          reject(toProxyError(err, upstream));
+        }
+      });
+      cr.end(init.body);
     });
   }
 

@@ -480,7 +480,7 @@ describe("operations", () => {
     const r = await request(`${gate.adminUrl}/metrics`);
     assert.equal(r.status, 200);
     assert.match(r.text, /cachegate_requests_total\{route="all",method="GET",status_class="2xx"\} 2/);
-    assert.match(r.text, /cachegate_request_duration_seconds_count\{route="all",cache="BYPASS"\} 2/);
+    assert.match(r.text, /cachegate_request_duration_seconds_count\{route="all",cache="MISS"\} 2/);
     assert.match(r.text, /cachegate_upstream_response_seconds_count\{upstream="up",status_class="2xx"\} 2/);
     assert.doesNotMatch(r.text, /users\/123/);
     assert.equal((await request(`${gate.adminUrl}/healthz`)).status, 200);

@@ -1,0 +1,270 @@
+// Request coalescing: one upstream fetch per key at a time, in this process and (with Redis) across instances.
+//
+// In-process: the first acquire for a key leads; every concurrent acquire follows and is resolved, all at once,
+// by the leader's release. Across instances the in-process leader also takes a Redis lease
+// (SET <prefix>l:<key> <instanceId:nonce> NX PX leaseMs). When another instance holds it, this process follows
+// that remote flight instead: the remote leader's release deletes its lease and announces the outcome on the bus;
+// a lost message or a crashed leader is caught by polling the lease (gone → "failed": re-check the cache, maybe
+// lead). Redis trouble never blocks a request: any error while acquiring makes the caller a leader.
+import type { Cluster, Redis } from "ioredis";
+import type { RedisBus } from "./bus.js";
+
+export type FlightOutcome = "stored" | "uncacheable" | "failed";
+
+export interface Leader {
+  role: "leader";
+  /** Ends the flight and wakes every follower with `outcome`. Idempotent: later calls do nothing. */
+  release(outcome: FlightOutcome): void;
+}
+
+export interface Follower {
+  role: "follower";
+  /** The leader's outcome, or "timeout" after `timeoutMs` (the waiter is then forgotten). */
+  wait(timeoutMs: number): Promise<FlightOutcome | "timeout">;
+}
+
+export interface SingleFlightOptions {
+  redis?: Redis | Cluster;
+  bus?: RedisBus;
+  keyPrefix: string;
+  instanceId: string;
+  /** Lifetime of the Redis lease: how long other instances wait for a leader that never releases (crashed). */
+  leaseMs: number;
+  onError(op: string, err: unknown): void;
+  /** Upper bound on the lease SET, whatever the client's own timeouts: a slow Redis must not delay requests. */
+  acquireTimeoutMs?: number;
+}
+
+const FLIGHT_CHANNEL = "flight";
+const POLL_INTERVAL_MS = 100;
+const DEFAULT_ACQUIRE_TIMEOUT_MS = 250;
+// setTimeout fires at once for delays it cannot represent (above 2^31 - 1 ms): treat those as "no timeout".
+const MAX_TIMER_MS = 2 ** 31 - 1;
+const OUTCOMES: ReadonlySet<unknown> = new Set<FlightOutcome>(["stored", "uncacheable", "failed"]);
+
+// A lease poll that finds the lease gone waits this long for the completion message before settling "failed".
+const MESSAGE_GRACE_MS = 20;
+
+// Deletes the lease only while it is still ours (after it expired another instance may hold the key), then
+// announces the outcome. One script, so the two are atomic: any poll that sees the lease gone runs after the
+// PUBLISH, and any follower that re-acquires on the message finds the lease already gone.
+const RELEASE_SCRIPT = `
+local deleted = 0
+if redis.call("get", KEYS[1]) == ARGV[1] then deleted = redis.call("del", KEYS[1]) end
+if ARGV[2] ~= "" then redis.call("publish", ARGV[2], ARGV[3]) end
+return deleted`;
+
+type Waiter = (outcome: FlightOutcome | "timeout") => void;
+
+interface Flight {
+  readonly key: string;
+  /** "pending": waiting for the lease SET; "leader": this process fetches; "remote": another instance does. */
+  role: "pending" | "leader" | "remote";
+  outcome: FlightOutcome | undefined;
+  readonly waiters: Set<Waiter>;
+  /** Lease value, set when the lease is (or may be) ours. */
+  lease: string | undefined;
+  /** A remote completion that arrived while the lease SET was still on its way. */
+  early: FlightOutcome | undefined;
+  poll: NodeJS.Timeout | undefined;
+}
+
+interface FlightMessage {
+  key: string;
+  outcome: FlightOutcome;
+  instanceId: string;
+}
+
+function isFlightMessage(msg: unknown): msg is FlightMessage {
+  if (typeof msg !== "object" || msg === null) return false;
+  const m = msg as Record<string, unknown>;
+  return typeof m.key === "string" && typeof m.instanceId === "string" && OUTCOMES.has(m.outcome);
+}
+
+export class SingleFlight {
+  private readonly flights = new Map<string, Flight>();
+  private led = 0;
+  private nonce = 0;
+  private closed = false;
+  private readonly acquireTimeoutMs: number;
+
+  constructor(private readonly opts: SingleFlightOptions) {
+    this.acquireTimeoutMs = opts.acquireTimeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS;
+    opts.bus?.subscribe(FLIGHT_CHANNEL, this.onRemoteRelease);
+  }
+
+  /** Keys currently led by this process (for metrics). */
+  inFlight(): number {
+    return this.led;
+  }
+
+  async acquire(key: string): Promise<Leader | Follower> {
+    const existing = this.flights.get(key);
+    if (existing) return this.follower(existing);
+    // Registered before any await, so every acquire from here on follows this flight.
+    const flight: Flight = {
+      key,
+      role: "pending",
+      outcome: undefined,
+      waiters: new Set(),
+      lease: undefined,
+      early: undefined,
+      poll: undefined,
+    };
+    this.flights.set(key, flight);
+    const redis = this.opts.redis;
+    if (!redis || this.closed) return this.lead(flight);
+
+    const leaseKey = this.leaseKey(key);
+    const lease = `${this.opts.instanceId}:${++this.nonce}`;
+    flight.lease = lease;
+    const set = redis.set(leaseKey, lease, "PX", this.opts.leaseMs, "NX");
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<"timeout">((resolve) => {
+      timer = setTimeout(() => resolve("timeout"), this.acquireTimeoutMs);
+      timer.unref();
+    });
+    let reply: "OK" | null | "timeout";
+    try {
+      reply = await Promise.race([set, timedOut]);
+    } catch (err) {
+      this.opts.onError("flight.acquire", err);
+      flight.lease = undefined;
+      return this.lead(flight);
+    } finally {
+      clearTimeout(timer);
+    }
+    if (reply === "timeout") {
+      this.opts.onError("flight.acquire", new Error(`lease SET took over ${this.acquireTimeoutMs} ms`));
+      // The SET may still land: the lease stays recorded, so release() deletes it (or it expires after leaseMs).
+      set.then(
+        (late) => {
+          if (late === "OK" && flight.outcome !== undefined) void this.releaseLease(flight.key, lease);
+        },
+        () => {},
+      );
+      return this.lead(flight);
+    }
+    if (reply === "OK") return this.lead(flight);
+
+    // Another instance holds the lease: follow its flight, with this caller as the first follower.
+    flight.lease = undefined;
+    flight.role = "remote";
+    if (flight.early !== undefined) this.settle(flight, flight.early);
+    else this.schedulePoll(flight);
+    return this.follower(flight);
+  }
+
+  /** Stops lease polling and wakes remote followers with "failed" (they fall back to fetching themselves). */
+  close(): void {
+    this.closed = true;
+    for (const flight of [...this.flights.values()]) {
+      if (flight.role === "remote") this.settle(flight, "failed");
+    }
+  }
+
+  private lead(flight: Flight): Leader {
+    flight.role = "leader";
+    this.led++;
+    return {
+      role: "leader",
+      release: (outcome) => {
+        if (flight.outcome !== undefined) return;
+        this.settle(flight, outcome);
+        if (flight.lease !== undefined) void this.releaseLease(flight.key, flight.lease, outcome);
+      },
+    };
+  }
+
+  private follower(flight: Flight): Follower {
+    return {
+      role: "follower",
+      wait: (timeoutMs) => {
+        if (flight.outcome !== undefined) return Promise.resolve(flight.outcome);
+        if (!(timeoutMs > 0)) return Promise.resolve("timeout");
+        return new Promise((resolve) => {
+          let timer: NodeJS.Timeout | undefined;
+          const waiter: Waiter = (outcome) => {
+            clearTimeout(timer);
+            resolve(outcome);
+          };
+          // Kept referenced (and always cleared): a caller awaiting an answer should get one before the process exits.
+          if (timeoutMs < MAX_TIMER_MS) {
+            timer = setTimeout(() => {
+              flight.waiters.delete(waiter);
+              resolve("timeout");
+            }, timeoutMs);
+          }
+          flight.waiters.add(waiter);
+        });
+      },
+    };
+  }
+
+  /** Records the outcome, ends the flight and wakes its waiters synchronously, all of them. */
+  private settle(flight: Flight, outcome: FlightOutcome): void {
+    if (flight.outcome !== undefined) return;
+    flight.outcome = outcome;
+    if (flight.role === "leader") this.led--;
+    clearTimeout(flight.poll);
+    flight.poll = undefined;
+    if (this.flights.get(flight.key) === flight) this.flights.delete(flight.key);
+    for (const waiter of flight.waiters) waiter(outcome);
+    flight.waiters.clear();
+  }
+
+  /** Compare-and-delete of the lease, plus the completion message when `outcome` is given and there is a bus. */
+  private async releaseLease(key: string, lease: string, outcome?: FlightOutcome): Promise<void> {
+    const msg: FlightMessage | undefined =
+      outcome === undefined ? undefined : { key, outcome, instanceId: this.opts.instanceId };
+    const wire =
+      msg && this.opts.bus ? this.opts.bus.wire(FLIGHT_CHANNEL, msg) : { channel: "", payload: "" };
+    try {
+      await this.opts.redis?.eval(RELEASE_SCRIPT, 1, this.leaseKey(key), lease, wire.channel, wire.payload);
+    } catch (err) {
+      this.opts.onError("flight.release", err);
+    }
+  }
+
+  private leaseKey(key: string): string {
+    return `${this.opts.keyPrefix}l:${key}`;
+  }
+
+  // Fallback for a lost message or a crashed leader; one timer per remote flight, not per follower.
+  private schedulePoll(flight: Flight): void {
+    flight.poll = setTimeout(() => void this.poll(flight), POLL_INTERVAL_MS);
+    flight.poll.unref();
+  }
+
+  private async poll(flight: Flight): Promise<void> {
+    flight.poll = undefined;
+    if (flight.outcome !== undefined || !this.opts.redis) return;
+    let exists: number;
+    try {
+      exists = await this.opts.redis.exists(this.leaseKey(flight.key));
+    } catch (err) {
+      // Fail open: the followers go upstream rather than wait on a Redis that does not answer.
+      this.opts.onError("flight.poll", err);
+      this.settle(flight, "failed");
+      return;
+    }
+    if (flight.outcome !== undefined) return;
+    if (exists !== 0) {
+      this.schedulePoll(flight);
+      return;
+    }
+    // The leader's message may be a moment behind the poll's reply (another connection): give it a chance.
+    flight.poll = setTimeout(() => this.settle(flight, "failed"), MESSAGE_GRACE_MS);
+    flight.poll.unref();
+  }
+
+  private readonly onRemoteRelease = (msg: unknown, from: string): void => {
+    if (from === this.opts.instanceId || !isFlightMessage(msg) || msg.instanceId === this.opts.instanceId)
+      return;
+    const flight = this.flights.get(msg.key);
+    if (!flight) return;
+    if (flight.role === "remote") this.settle(flight, msg.outcome);
+    // The lease SET is still on its way: if it reports the lease as held, this completion is the one we follow.
+    else if (flight.role === "pending") flight.early = msg.outcome;
+  };
+}
