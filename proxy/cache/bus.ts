@@ -88,9 +88,9 @@ export class RedisBus {
         resolve();
       });
     });
+    // The error listener stays: an "error" event without one is printed by ioredis; onConnectionError ignores it.
     this.sub.disconnect();
     await ended;
-    this.sub.off("error", this.onConnectionError);
   }
 
   private sendSubscribe(channels: string[]): void {

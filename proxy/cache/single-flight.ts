@@ -66,7 +66,8 @@ interface Flight {
   lease: string | undefined;
   /** A remote completion that arrived while the lease SET was still on its way. */
   early: FlightOutcome | undefined;
-  poll: NodeJS.Timeout | undefined;
+  /** Leader: the local lease's end. Remote: the next lease poll. */
+  timer: NodeJS.Timeout | undefined;
 }
 
 interface FlightMessage {
@@ -109,7 +110,7 @@ export class SingleFlight {
       waiters: new Set(),
       lease: undefined,
       early: undefined,
-      poll: undefined,
+      timer: undefined,
     };
     this.flights.set(key, flight);
     const redis = this.opts.redis;
@@ -166,6 +167,10 @@ export class SingleFlight {
   private lead(flight: Flight): Leader {
     flight.role = "leader";
     this.led++;
+    // The local twin of the Redis lease: a leader that never releases (a lost code path, an upstream slower than
+    // leaseMs) stops holding its followers, and the next acquire leads, as other instances do once the lease expires.
+    flight.timer = setTimeout(() => this.settle(flight, "failed"), this.opts.leaseMs);
+    flight.timer.unref();
     return {
       role: "leader",
       release: (outcome) => {
@@ -206,8 +211,8 @@ export class SingleFlight {
     if (flight.outcome !== undefined) return;
     flight.outcome = outcome;
     if (flight.role === "leader") this.led--;
-    clearTimeout(flight.poll);
-    flight.poll = undefined;
+    clearTimeout(flight.timer);
+    flight.timer = undefined;
     if (this.flights.get(flight.key) === flight) this.flights.delete(flight.key);
     for (const waiter of flight.waiters) waiter(outcome);
     flight.waiters.clear();
@@ -232,12 +237,12 @@ export class SingleFlight {
 
   // Fallback for a lost message or a crashed leader; one timer per remote flight, not per follower.
   private schedulePoll(flight: Flight): void {
-    flight.poll = setTimeout(() => void this.poll(flight), POLL_INTERVAL_MS);
-    flight.poll.unref();
+    flight.timer = setTimeout(() => void this.poll(flight), POLL_INTERVAL_MS);
+    flight.timer.unref();
   }
 
   private async poll(flight: Flight): Promise<void> {
-    flight.poll = undefined;
+    flight.timer = undefined;
     if (flight.outcome !== undefined || !this.opts.redis) return;
     let exists: number;
     try {
@@ -254,8 +259,8 @@ export class SingleFlight {
       return;
     }
     // The leader's message may be a moment behind the poll's reply (another connection): give it a chance.
-    flight.poll = setTimeout(() => this.settle(flight, "failed"), MESSAGE_GRACE_MS);
-    flight.poll.unref();
+    flight.timer = setTimeout(() => this.settle(flight, "failed"), MESSAGE_GRACE_MS);
+    flight.timer.unref();
   }
 
   private readonly onRemoteRelease = (msg: unknown, from: string): void => {
