@@ -13,6 +13,8 @@ export interface RedisBusOptions {
   /** Stamped on every message; receivers compare it with their own to ignore what they sent. */
   instanceId: string;
   onError(op: string, err: unknown): void;
+  /** Called when the subscriber is ready again after losing its connection (messages may have been missed). */
+  onReconnect?(): void;
 }
 
 const CLOSE_WAIT_MS = 1_000;
@@ -23,6 +25,7 @@ export class RedisBus {
   private closed = false;
   /** One report per outage: the subscriber retries every few seconds and each attempt fails the same way. */
   private connectionErrorReported = false;
+  private readyOnce = false;
 
   constructor(
     private readonly client: Redis | Cluster,
@@ -100,6 +103,9 @@ export class RedisBus {
 
   private readonly onReady = (): void => {
     this.connectionErrorReported = false;
+    // Messages published while we were disconnected are lost: let the owner resynchronise (drop local copies).
+    if (this.readyOnce) this.opts.onReconnect?.();
+    this.readyOnce = true;
     if (this.handlers.size > 0) this.sendSubscribe([...this.handlers.keys()]);
   };
 

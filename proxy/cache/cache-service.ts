@@ -56,7 +56,23 @@ export function createCacheService(
   const redisTier = client
     ? new RedisTier(client, { keyPrefix, onError: (_tier, op, err) => redisError(op, err) })
     : undefined;
-  const bus = client ? new RedisBus(client, { keyPrefix, instanceId, onError: redisError }) : undefined;
+  const bus = client
+    ? new RedisBus(client, {
+        keyPrefix,
+        instanceId,
+        onError: redisError,
+        // Purges broadcast while we were cut off never reached this memory tier: drop it rather than serve them.
+        onReconnect: () => {
+          void memory.clear().then((n) => {
+            if (n > 0)
+              logger.warn(
+                { dropped: n },
+                "redis pub/sub reconnected: memory tier cleared (purges may have been missed)",
+              );
+          });
+        },
+      })
+    : undefined;
   const cache = new TieredCache(memory, redisTier);
   const flights = new SingleFlight({
     redis: client,
@@ -92,6 +108,7 @@ export function createCacheService(
     writer,
     refresher,
     async close() {
+      flights.close();
       await bus?.close();
       await cache.close();
     },

@@ -4,8 +4,10 @@
 // Hard purge deletes. Soft purge keeps the record but makes it stale now (freshMs 0), so it can still be served
 // within its stale windows or revalidated with its validators (RFC 9111 §4.3) instead of refetched in full.
 // A purge never throws: tier and bus failures go to onError and count as nothing purged.
+
 import type { RedisBus } from "./bus.js";
 import { type CacheEntry, storageTtlMs } from "./entry.js";
+import { currentAgeMs } from "./policy.js";
 import type { CacheTier } from "./tier.js";
 
 export interface PurgeRequest {
@@ -96,7 +98,7 @@ export class Invalidator {
     return [...keys];
   }
 
-  /** Rewrites each response record with freshMs 0 for the rest of its storage time; resolves with the count. */
+  /** Rewrites each fresh response record as stale from now on (freshMs = its age); resolves with the count. */
   private async soften(tier: CacheTier, keys: string[]): Promise<number> {
     let count = 0;
     let next = 0;
@@ -107,11 +109,13 @@ export class Invalidator {
         // Vary records hold no response: the variants are purged through their own keys (tags, URL).
         if (record?.kind !== "response") continue;
         count++;
-        // Already stale by purge: rewriting would only shorten its life (the TTL is computed from freshMs).
-        if (record.freshMs === 0) continue;
         const now = Date.now();
+        const age = currentAgeMs(record, now);
+        // Already stale: rewriting would only shorten its life (the TTL is computed from freshMs).
+        if (age >= record.freshMs) continue;
         const remaining = record.storedAt + storageTtlMs(record) - now;
-        const softened: CacheEntry = { ...record, freshMs: 0 };
+        // Stale from now on; its stale-while-revalidate / stale-if-error windows start now.
+        const softened: CacheEntry = { ...record, freshMs: Math.max(0, age) };
         await tier.set(softened, Math.max(remaining, MIN_SOFT_TTL_MS));
       }
     };

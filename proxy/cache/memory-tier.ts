@@ -190,6 +190,11 @@ export class MemoryTier implements CacheTier {
   }
 
   /** Called with every entry the tier drops on its own (budget or TTL). Returns an unsubscribe function. */
+  /** Removes every record (after a missed purge broadcast); resolves with how many there were. */
+  clear(): Promise<number> {
+    return this.delete([...this.slots.keys()]);
+  }
+
   onEvict(listener: EvictListener): () => void {
     this.evictListeners.add(listener);
     return () => this.evictListeners.delete(listener);

@@ -1,0 +1,153 @@
+// In-process coalescing (no Redis): one leader per key, every follower woken by the leader's release.
+import assert from "node:assert/strict";
+import { performance } from "node:perf_hooks";
+import { test } from "node:test";
+import { type Follower, type Leader, SingleFlight } from "../../proxy/cache/single-flight.js";
+
+function localFlights(errors: string[] = [], leaseMs = 5_000): SingleFlight {
+  return new SingleFlight({
+    keyPrefix: "test:",
+    instanceId: "local",
+    leaseMs,
+    onError: (op) => errors.push(op),
+  });
+}
+
+function split(flights: Array<Leader | Follower>): { leaders: Leader[]; followers: Follower[] } {
+  const leaders = flights.filter((f): f is Leader => f.role === "leader");
+  const followers = flights.filter((f): f is Follower => f.role === "follower");
+  return { leaders, followers };
+}
+
+test("coalesces 200 concurrent acquires into one leader whose release wakes all 199 followers at once", async () => {
+  const errors: string[] = [];
+  const sf = localFlights(errors);
+  const latencies: number[] = [];
+  // Several rounds: one scheduling stall of a shared machine must not decide the latency assertion.
+  for (let round = 0; round < 5; round++) {
+    const key = `k${round}`;
+    const { leaders, followers } = split(
+      await Promise.all(Array.from({ length: 200 }, () => sf.acquire(key))),
+    );
+    assert.equal(leaders.length, 1);
+    assert.equal(followers.length, 199);
+    assert.equal(sf.inFlight(), 1);
+
+    const resolvedAt: number[] = [];
+    const waits = followers.map((f) =>
+      f.wait(5_000).then((outcome) => {
+        resolvedAt.push(performance.now());
+        return outcome;
+      }),
+    );
+    const releasedAt = performance.now();
+    leaders[0]?.release("stored");
+    const outcomes = await Promise.all(waits);
+
+    assert.equal(outcomes.length, 199);
+    assert.deepEqual(new Set(outcomes), new Set(["stored"]));
+    assert.equal(sf.inFlight(), 0);
+    latencies.push(Math.max(...resolvedAt) - releasedAt);
+  }
+  const sorted = [...latencies].sort((x, y) => x - y);
+  const median = sorted[2] as number;
+  console.log(`local release → last of 199 followers (ms): ${latencies.map((l) => l.toFixed(2)).join(", ")}`);
+  assert.ok(median < 50, `followers resolved ${latencies.join(", ")} ms after release`);
+  assert.deepEqual(errors, []);
+});
+
+test("a follower that waits after the release still gets the outcome, immediately", async () => {
+  const sf = localFlights();
+  const leader = await sf.acquire("k");
+  const follower = await sf.acquire("k");
+  assert.equal(leader.role, "leader");
+  assert.equal(follower.role, "follower");
+  if (leader.role !== "leader" || follower.role !== "follower") return;
+  leader.release("uncacheable");
+  assert.equal(await follower.wait(10), "uncacheable");
+});
+
+test("a wait times out with 'timeout' and the flight stays led until its leader releases", async () => {
+  const sf = localFlights();
+  const leader = await sf.acquire("k");
+  const follower = await sf.acquire("k");
+  assert.ok(leader.role === "leader" && follower.role === "follower");
+
+  const started = performance.now();
+  assert.equal(await follower.wait(30), "timeout");
+  const waited = performance.now() - started;
+  assert.ok(waited >= 25 && waited < 500, `timed out after ${waited.toFixed(1)} ms`);
+  assert.equal(sf.inFlight(), 1);
+
+  // The timed-out waiter is gone; a second wait on the same follower still hears the release.
+  const again = follower.wait(5_000);
+  leader.release("failed");
+  assert.equal(await again, "failed");
+  assert.equal(sf.inFlight(), 0);
+});
+
+test("a zero or negative wait resolves 'timeout' at once unless the flight is over", async () => {
+  const sf = localFlights();
+  const leader = await sf.acquire("k");
+  const follower = await sf.acquire("k");
+  assert.ok(leader.role === "leader" && follower.role === "follower");
+  assert.equal(await follower.wait(0), "timeout");
+  assert.equal(await follower.wait(-1), "timeout");
+  leader.release("stored");
+  assert.equal(await follower.wait(0), "stored");
+});
+
+test("release is idempotent: the first outcome wins and a second release does not end a newer flight", async () => {
+  const sf = localFlights();
+  const first = await sf.acquire("k");
+  const follower = await sf.acquire("k");
+  assert.ok(first.role === "leader" && follower.role === "follower");
+  first.release("stored");
+  first.release("failed");
+  assert.equal(await follower.wait(100), "stored");
+  assert.equal(sf.inFlight(), 0);
+
+  const second = await sf.acquire("k");
+  const laterFollower = await sf.acquire("k");
+  assert.ok(second.role === "leader" && laterFollower.role === "follower");
+  first.release("failed"); // stale handle from the earlier flight
+  assert.equal(sf.inFlight(), 1);
+  assert.equal(await laterFollower.wait(30), "timeout");
+  second.release("uncacheable");
+  assert.equal(await laterFollower.wait(100), "uncacheable");
+  assert.equal(sf.inFlight(), 0);
+});
+
+test("a new flight after a release gets a new leader, and different keys lead independently", async () => {
+  const sf = localFlights();
+  const a1 = await sf.acquire("a");
+  const b1 = await sf.acquire("b");
+  assert.equal(a1.role, "leader");
+  assert.equal(b1.role, "leader");
+  assert.equal(sf.inFlight(), 2);
+  if (a1.role === "leader") a1.release("stored");
+  const a2 = await sf.acquire("a");
+  assert.equal(a2.role, "leader");
+  assert.equal(sf.inFlight(), 2);
+  if (a2.role === "leader") a2.release("stored");
+  if (b1.role === "leader") b1.release("stored");
+  assert.equal(sf.inFlight(), 0);
+});
+
+test("a leader that never releases frees its followers with 'failed' after leaseMs, and the next acquire leads", async () => {
+  const sf = localFlights([], 100);
+  const lost = await sf.acquire("k"); // never released: a lost code path
+  const follower = await sf.acquire("k");
+  assert.ok(lost.role === "leader" && follower.role === "follower");
+  const started = performance.now();
+  assert.equal(await follower.wait(2_000), "failed");
+  const waited = performance.now() - started;
+  assert.ok(waited >= 90 && waited < 1_000, `freed after ${waited.toFixed(0)} ms`);
+  assert.equal(sf.inFlight(), 0);
+  const next = await sf.acquire("k");
+  assert.equal(next.role, "leader");
+  lost.release("stored"); // too late: neither an error nor the end of the new flight
+  assert.equal(sf.inFlight(), 1);
+  if (next.role === "leader") next.release("stored");
+  assert.equal(sf.inFlight(), 0);
+});
