@@ -98,7 +98,61 @@ const upstreamSchema = z.strictObject({
       freeSocketTimeout: duration.default(4_000), // 4 s: close a pooled socket idle this long (below common upstream keep-alive of 5 s)
     })
     .prefault({}),
+  /** Circuit breaker (opossum): fail fast while the upstream is sick, recover by itself. */
+  breaker: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      errorThresholdPercentage: z.number().min(1).max(100).default(50), // open above this share of failures
+      volumeThreshold: z.number().int().min(1).default(10), // …and only after this many calls in the window
+      rollingWindow: duration.default(10_000), // 10 s statistics window
+      rollingBuckets: z.number().int().min(1).max(100).default(10),
+      resetTimeout: duration.default(30_000), // 30 s open before a half-open probe
+    })
+    .prefault({}),
+  /** Upstream concurrency limit on the miss path (bottleneck), adapted to upstream latency. */
+  concurrency: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      adaptive: z.boolean().default(true),
+      initial: z.number().int().min(1).default(32),
+      min: z.number().int().min(1).default(2),
+      max: z.number().int().min(1).default(256),
+      maxQueue: z.number().int().min(0).default(1_000), // waiting requests beyond this → 503 upstream_overloaded
+      maxWait: duration.default(5_000), // 5 s in the queue at most → 503 upstream_overloaded
+      /** Latency above baseline × tolerance lowers the limit (gradient, as Netflix Gradient2 / Envoy). */
+      latencyTolerance: z.number().min(1).max(10).default(2),
+    })
+    .prefault({})
+    .superRefine((c, ctx) => {
+      if (c.min > c.max) ctx.addIssue({ code: "custom", path: ["min"], message: "must not exceed max" });
+      if (c.initial < c.min || c.initial > c.max) {
+        ctx.addIssue({ code: "custom", path: ["initial"], message: "must lie between min and max" });
+      }
+    }),
 });
+
+/** Per-client rate limits; the top-level `limits` applies to every route without its own `limits`. */
+export const limitsSchema = z
+  .strictObject({
+    enabled: z.boolean().default(false),
+    /** Who a client is: a hash of Authorization (falling back to the IP), a header's hash, or the client IP. */
+    clientId: z.enum(["auth", "header", "ip"]).default("auth"),
+    clientHeader: z
+      .string()
+      .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, "expected an HTTP header name")
+      .transform((v) => v.toLowerCase())
+      .optional(),
+    requests: z.number().int().min(1).default(100), // sustained: this many requests…
+    per: duration.default(1_000), // …per this window
+    burst: z.number().int().min(0).default(0), // extra requests a client may spend in a spike
+    concurrent: z.number().int().min(0).default(0), // in-flight requests per client, 0 = unlimited
+    dryRun: z.boolean().default(false), // count and log, never refuse
+  })
+  .superRefine((l, ctx) => {
+    if (l.clientId === "header" && !l.clientHeader) {
+      ctx.addIssue({ code: "custom", path: ["clientHeader"], message: 'required when clientId is "header"' });
+    }
+  });
 
 const headerName = z
   .string()
@@ -170,6 +224,7 @@ const routeCacheSchema = z
 const routeSchema = z.strictObject({
   name,
   cache: routeCacheSchema,
+  limits: limitsSchema.optional(),
   match: z
     .strictObject({
       pathPrefix: z.string().regex(/^\//, "expected a path starting with '/'").default("/"),
@@ -262,6 +317,7 @@ export const configSchema = z
       .prefault({}),
     log: z.strictObject({ level: logLevel.default("info") }).prefault({}),
     redis: redisSchema,
+    limits: limitsSchema.prefault({}),
     cache: cacheGlobalSchema,
     plugins: z.array(z.string().min(1)).default([]),
     upstreams: z.array(upstreamSchema).min(1, "expected at least one upstream (or pass --upstream URL)"),
@@ -304,4 +360,5 @@ export type Config = z.output<typeof configSchema>;
 export type UpstreamConfig = Config["upstreams"][number];
 export type RouteConfig = Config["routes"][number];
 export type RouteCacheConfig = RouteConfig["cache"];
+export type LimitsConfig = z.output<typeof limitsSchema>;
 export type LogLevel = z.output<typeof logLevel>;

@@ -67,6 +67,8 @@ export interface RequestContext {
   upstreamBodyPrefix: Buffer[] | undefined;
   /** The client's own If-None-Match / If-Modified-Since, set aside while we revalidate with our validators. */
   clientConditionals: Record<string, string | undefined>;
+  /** Headers a stage wants on whatever response is delivered (e.g. RateLimit), merged by deliver. */
+  responseHeaders: Record<string, string> | undefined;
   /** Served from the cache after waiting for another request's upstream fetch. */
   coalesced: boolean;
   /** The response came from the upstream (not the cache, not an error made here). */

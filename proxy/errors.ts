@@ -11,6 +11,12 @@ export const ERRORS = {
   // 499 as in nginx: never seen by the client, recorded in logs and metrics.
   client_closed: { status: 499, message: "the client closed the connection" },
   not_cached: { status: 504, message: "not in the cache and the request said only-if-cached" },
+  rate_limited: { status: 429, message: "too many requests from this client" },
+  upstream_circuit_open: {
+    status: 503,
+    message: "the upstream is failing; requests are refused until it recovers",
+  },
+  upstream_overloaded: { status: 503, message: "too many requests are waiting for the upstream" },
   shutting_down: { status: 503, message: "this instance is shutting down" },
   internal_error: { status: 500, message: "internal error" },
   unauthorized: { status: 401, message: "missing or invalid admin token" },

@@ -60,6 +60,7 @@ class Context implements RequestContext {
   fromUpstream = false;
   clientConditionals: Record<string, string | undefined> = {};
   coalesced = false;
+  responseHeaders: Record<string, string> | undefined = undefined;
   upstreamMs: number | undefined = undefined;
   errorCode: RequestContext["errorCode"] = undefined;
   private childLog: Logger | undefined;

@@ -39,6 +39,7 @@ export function deliver(ctx: RequestContext, plan: ResponsePlan, opts: DeliverOp
     return;
   }
   const headers = plan.headers;
+  if (ctx.responseHeaders) Object.assign(headers, ctx.responseHeaders);
   headers["x-request-id"] = ctx.id;
   headers["x-cache"] = ctx.cacheStatus;
   if (ctx.cacheTier) headers["x-cache-tier"] = ctx.cacheTier;

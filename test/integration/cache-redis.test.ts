@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import type { ServerResponse } from "node:http";
 import { after, before, describe, test } from "node:test";
-import { type TestGate, startGate } from "../helpers/cachegate.js";
+import { startGate, type TestGate } from "../helpers/cachegate.js";
 import { type RequestOptions, request as rawRequest, sleep } from "../helpers/http.js";
 import { startRedis, type TestRedis } from "../helpers/redis.js";
 import { startUpstream, type TestUpstream } from "../helpers/upstream.js";
@@ -29,12 +29,18 @@ function json(res: ServerResponse, body: unknown, headers: Record<string, string
 }
 
 let prefixN = 0;
-async function pair(delayMs = 0, cacheControl = "max-age=60"): Promise<{ up: TestUpstream; a: TestGate; b: TestGate }> {
+async function pair(
+  delayMs = 0,
+  cacheControl = "max-age=60",
+): Promise<{ up: TestUpstream; a: TestGate; b: TestGate }> {
   let n = 0;
   const up = await startUpstream((req, res) => {
     n++;
     const mine = n;
-    setTimeout(() => json(res, { n: mine, url: req.url }, { "cache-control": cacheControl, "cache-tag": "t1" }), delayMs);
+    setTimeout(
+      () => json(res, { n: mine, url: req.url }, { "cache-control": cacheControl, "cache-tag": "t1" }),
+      delayMs,
+    );
   });
   toClose.push(up);
   // A key prefix per pair keeps tests apart on the one Redis.
@@ -73,12 +79,16 @@ describe("two instances sharing Redis", () => {
     const { up, a, b } = await pair(200);
     const started = performance.now();
     const rs = await Promise.all(
-      Array.from({ length: 200 }, (_, i) => request(`${(i % 2 ? a : b).url}/stampede`, { timeoutMs: 10_000 })),
+      Array.from({ length: 200 }, (_, i) =>
+        request(`${(i % 2 ? a : b).url}/stampede`, { timeoutMs: 10_000 }),
+      ),
     );
     const took = performance.now() - started;
     assert.equal(up.hits(), 1);
     assert.ok(rs.every((r) => r.status === 200 && r.json().n === 1));
-    console.log(`# 200 cold requests over 2 instances: ${up.hits()} upstream request, all answered in ${took.toFixed(0)} ms`);
+    console.log(
+      `# 200 cold requests over 2 instances: ${up.hits()} upstream request, all answered in ${took.toFixed(0)} ms`,
+    );
   });
 
   test("a purge on one instance removes the entry from the other's memory and from Redis", async () => {
@@ -115,7 +125,11 @@ describe("two instances sharing Redis", () => {
       statuses.every((s) => s === 200),
       `statuses: ${statuses.join(",")}`,
     );
-    assert.equal(caches.filter((c) => c === "HIT").length, 10, "the warm entry kept being served from memory");
+    assert.equal(
+      caches.filter((c) => c === "HIT").length,
+      10,
+      "the warm entry kept being served from memory",
+    );
     const metrics = (await request(`${a.adminUrl}/metrics`)).text;
     assert.match(metrics, /cachegate_redis_errors_total\{op="[a-z.]+"\} [1-9]/);
     await redis.restart();
