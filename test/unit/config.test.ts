@@ -105,6 +105,8 @@ const COMMENTED_OUT = [
   ["redis.cluster"],
   ["routes[0].cache.tenantHeader"],
   ["routes[0].match.methods"],
+  ["routes[0].limits"],
+  ["limits.clientHeader"],
 ];
 
 function getPath(value: unknown, path: Path): unknown {
