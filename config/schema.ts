@@ -289,6 +289,18 @@ const cacheGlobalSchema = z
   })
   .prefault({});
 
+/** A plugin: a built-in name or a file path, or { name | path, config } with the plugin's own config section. */
+const pluginSpec = z.union([
+  z.string().min(1),
+  z
+    .strictObject({
+      name: z.string().min(1).optional(),
+      path: z.string().min(1).optional(),
+      config: z.record(z.string(), z.unknown()).default({}),
+    })
+    .refine((p) => (p.name === undefined) !== (p.path === undefined), "give exactly one of name and path"),
+]);
+
 const logLevel = z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
 
 export const configSchema = z
@@ -319,7 +331,7 @@ export const configSchema = z
     redis: redisSchema,
     limits: limitsSchema.prefault({}),
     cache: cacheGlobalSchema,
-    plugins: z.array(z.string().min(1)).default([]),
+    plugins: z.array(pluginSpec).default([]),
     upstreams: z.array(upstreamSchema).min(1, "expected at least one upstream (or pass --upstream URL)"),
     routes: z.array(routeSchema).min(1, "expected at least one route"),
   })

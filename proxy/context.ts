@@ -37,6 +37,12 @@ export interface CacheState {
   flight: Leader | undefined;
   /** The request body, read to build the key (opted-in POST), replayed upstream. */
   body: Buffer | undefined;
+  /** Purge tags a plugin adds to the stored entry. */
+  tags: string[];
+  /** How long followers wait for this request's fetch (a plugin's choice), else cache.coalesceTimeout. */
+  coalesceTimeoutMs: number | undefined;
+  /** A plugin's label for metrics (fixed small set). */
+  kind: string | undefined;
 }
 
 export interface RequestContext {
@@ -69,6 +75,8 @@ export interface RequestContext {
   clientConditionals: Record<string, string | undefined>;
   /** Headers a stage wants on whatever response is delivered (e.g. RateLimit), merged by deliver. */
   responseHeaders: Record<string, string> | undefined;
+  /** The stored entry this response was served from (HIT, STALE, REVALIDATED). */
+  servedEntry: CacheEntry | undefined;
   /** Served from the cache after waiting for another request's upstream fetch. */
   coalesced: boolean;
   /** The response came from the upstream (not the cache, not an error made here). */

@@ -3,6 +3,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { ConfigError, loadConfig } from "../config/load.js";
 import { parseCli, USAGE } from "./cli.js";
+import { PluginError } from "./plugins.js";
 import { startCachegate } from "./server.js";
 
 function version(): string {
@@ -49,7 +50,16 @@ async function main(): Promise<number> {
     return 0;
   }
 
-  const gate = await startCachegate(config);
+  let gate: Awaited<ReturnType<typeof startCachegate>>;
+  try {
+    gate = await startCachegate(config);
+  } catch (err) {
+    if (err instanceof PluginError) {
+      process.stderr.write(`cachegate: ${err.code}: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
   const { logger } = gate;
   process.on("uncaughtException", (err) => {
     logger.fatal({ err }, "uncaught exception; exiting");

@@ -10,9 +10,12 @@ import type { CacheEntry } from "./entry.js";
 import { refreshAfterNotModified, validatorHeaders } from "./policy.js";
 import type { SingleFlight } from "./single-flight.js";
 import type { TieredCache } from "./tiered-cache.js";
-import type { CacheWriter } from "./writer.js";
+import type { CacheWriter, CaptureRequest } from "./writer.js";
 
 export class BackgroundRefresher implements Refresher {
+  /** Set once plugins are loaded: their store veto for a request (see pipeline/store.ts#storeVeto). */
+  storeVeto: ((ctx: RequestContext) => CaptureRequest["shouldStore"]) | undefined;
+
   constructor(
     private readonly deps: {
       flights: SingleFlight;
@@ -47,6 +50,8 @@ export class BackgroundRefresher implements Refresher {
       url: c.url,
       primaryKey: c.primaryKey,
       requestHeaders: { ...ctx.req.headers },
+      tags: c.tags,
+      shouldStore: this.storeVeto?.(ctx),
     };
     const key = c.key;
     const vary = c.vary;

@@ -58,6 +58,8 @@ type Waiter = (outcome: FlightOutcome | "timeout") => void;
 
 interface Flight {
   readonly key: string;
+  /** How long this flight may lead before it is considered lost (the lease's PX). */
+  readonly leaseMs: number;
   /** "pending": waiting for the lease SET; "leader": this process fetches; "remote": another instance does. */
   role: "pending" | "leader" | "remote";
   outcome: FlightOutcome | undefined;
@@ -99,12 +101,14 @@ export class SingleFlight {
     return this.led;
   }
 
-  async acquire(key: string): Promise<Leader | Follower> {
+  /** `leaseMs` overrides the configured lease for this key (a long LLM stream needs a longer one). */
+  async acquire(key: string, leaseMs: number = this.opts.leaseMs): Promise<Leader | Follower> {
     const existing = this.flights.get(key);
     if (existing) return this.follower(existing);
     // Registered before any await, so every acquire from here on follows this flight.
     const flight: Flight = {
       key,
+      leaseMs,
       role: "pending",
       outcome: undefined,
       waiters: new Set(),
@@ -119,7 +123,7 @@ export class SingleFlight {
     const leaseKey = this.leaseKey(key);
     const lease = `${this.opts.instanceId}:${++this.nonce}`;
     flight.lease = lease;
-    const set = redis.set(leaseKey, lease, "PX", this.opts.leaseMs, "NX");
+    const set = redis.set(leaseKey, lease, "PX", flight.leaseMs, "NX");
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<"timeout">((resolve) => {
       timer = setTimeout(() => resolve("timeout"), this.acquireTimeoutMs);
@@ -169,7 +173,7 @@ export class SingleFlight {
     this.led++;
     // The local twin of the Redis lease: a leader that never releases (a lost code path, an upstream slower than
     // leaseMs) stops holding its followers, and the next acquire leads, as other instances do once the lease expires.
-    flight.timer = setTimeout(() => this.settle(flight, "failed"), this.opts.leaseMs);
+    flight.timer = setTimeout(() => this.settle(flight, "failed"), flight.leaseMs);
     flight.timer.unref();
     return {
       role: "leader",

@@ -20,6 +20,10 @@ export interface CaptureRequest {
   url: string;
   primaryKey: string;
   requestHeaders: IncomingHttpHeaders;
+  /** Purge tags beyond the route's (a plugin's). */
+  tags?: readonly string[];
+  /** A last veto on the complete body, or a replacement for it (plugins' shouldStore). */
+  shouldStore?(status: number, headers: OutgoingHttpHeaders, body: Buffer): boolean | { body: Buffer };
 }
 
 export interface WriterOptions {
@@ -112,6 +116,10 @@ export class CacheWriter {
       const complete = !err && (body as Partial<IncomingMessage>).complete !== false;
       if (!complete) return done("failed");
       if (overflow) return done("uncacheable");
+      let stored: Buffer = Buffer.concat(chunks, size);
+      const verdict = req.shouldStore?.(status, headers, stored) ?? true;
+      if (verdict === false) return done("uncacheable");
+      if (typeof verdict === "object") stored = verdict.body;
       const entry: CacheEntry = {
         kind: "response",
         key: variantKey(req.primaryKey, vary, req.requestHeaders),
@@ -120,14 +128,14 @@ export class CacheWriter {
         route: req.route,
         status,
         headers: storedHeaders(headers),
-        body: Buffer.concat(chunks, size),
+        body: stored,
         storedAt: now,
         initialAgeMs: decision.initialAgeMs,
         freshMs: decision.freshMs,
         swrMs: decision.swrMs,
         sieMs: decision.sieMs,
         mustRevalidate: decision.mustRevalidate,
-        tags: tagsOf(headers, this.opts.tagHeaders, req.rules.tags),
+        tags: tagsOf(headers, this.opts.tagHeaders, [...req.rules.tags, ...(req.tags ?? [])]),
         policy: decision.policy,
       };
       // Framing is ours to set on every hit.

@@ -1,8 +1,10 @@
 // Stage 3, classify: is this request a cache candidate (method, route rules, bypass header), and under which key?
 // Opted-in POSTs are read (bounded) so their canonical JSON body becomes part of the key.
 import type { IncomingMessage } from "node:http";
+import type { RouteCacheConfig } from "../../config/schema.js";
 import { BodyKeyError, bodyHash, primaryKey, sha256, sortQuery } from "../cache/key.js";
 import type { CacheState, RequestContext } from "../context.js";
+import type { PluginHost } from "../plugins.js";
 import { CONTINUE, type RequestStage, type Verdict } from "./pipeline.js";
 
 const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
@@ -46,34 +48,68 @@ function readBounded(
   });
 }
 
-export function createClassifyStage(): RequestStage {
+/**
+ * The request body, read once and kept for the forwarder: undefined when there is none or it is larger than `max`
+ * (then the part read is kept as a prefix and the rest streams on).
+ */
+export async function requestBody(ctx: RequestContext, max: number): Promise<Buffer | undefined> {
+  if (ctx.upstreamBody) return ctx.upstreamBody.length <= max ? ctx.upstreamBody : undefined;
+  if (ctx.upstreamBodyPrefix) return undefined;
+  const { body, read } = await readBounded(ctx.req, max);
+  if (!body) {
+    ctx.upstreamBodyPrefix = read;
+    return undefined;
+  }
+  ctx.upstreamBody = body;
+  return body;
+}
+
+export function createClassifyStage(plugins: PluginHost): RequestStage {
+  const withPlugins = plugins.has("classify");
   return {
     name: "classify",
     run(ctx: RequestContext): Verdict | Promise<Verdict> {
       const route = ctx.route;
       if (!route) return CONTINUE;
       const rules = route.config.cache;
-      const method = ctx.method;
       if (!rules.enabled || ctx.req.headers[rules.bypassHeader] !== undefined) return CONTINUE; // X-Cache: BYPASS
-      const allowed =
-        method === "HEAD" ? rules.methods.includes("GET") : rules.methods.includes(method as "GET");
-      if (!allowed) return CONTINUE; // not a cache candidate (unsafe methods still invalidate, in store)
-      if (method === "POST") return classifyPost(ctx);
-      ctx.cache = state(ctx, "");
-      return CONTINUE;
+      if (withPlugins) return classifyWithPlugins(ctx, plugins);
+      return classifyByRoute(ctx);
     },
   };
 }
 
+function classifyByRoute(ctx: RequestContext): Verdict | Promise<Verdict> {
+  const rules = (ctx.route as NonNullable<RequestContext["route"]>).config.cache;
+  const method = ctx.method;
+  const allowed = method === "HEAD" ? rules.methods.includes("GET") : rules.methods.includes(method as "GET");
+  if (!allowed) return CONTINUE; // not a cache candidate (unsafe methods still invalidate, in store)
+  if (method === "POST") return classifyPost(ctx);
+  ctx.cache = state(ctx, "", rules);
+  return CONTINUE;
+}
+
+async function classifyWithPlugins(ctx: RequestContext, plugins: PluginHost): Promise<Verdict> {
+  const view = plugins.view(ctx, (max) => requestBody(ctx, max));
+  const decision = await plugins.classify(view);
+  if (decision === undefined) return classifyByRoute(ctx);
+  if (!decision.cache) return CONTINUE; // a plugin said never: forwarded as is (X-Cache: BYPASS)
+  const routeRules = (ctx.route as NonNullable<RequestContext["route"]>).config.cache;
+  const rules: RouteCacheConfig = { ...routeRules, ...decision.rules, body: routeRules.body };
+  const s = state(ctx, sha256(decision.key), rules);
+  s.tags = decision.tags ?? [];
+  s.coalesceTimeoutMs = decision.coalesceTimeoutMs;
+  s.kind = decision.kind;
+  s.body = ctx.upstreamBody;
+  ctx.cache = s;
+  return CONTINUE;
+}
+
 async function classifyPost(ctx: RequestContext): Promise<Verdict> {
   const rules = (ctx.route as NonNullable<RequestContext["route"]>).config.cache;
-  const { body, read } = await readBounded(ctx.req, rules.body.maxBytes);
-  if (!body) {
-    // Too large to key: pass it through uncached, streaming the rest (the part read is replayed first).
-    ctx.upstreamBodyPrefix = read;
-    return CONTINUE;
-  }
-  ctx.upstreamBody = body;
+  // Too large to key: passed through uncached, streaming the rest (the part read is replayed first).
+  const body = await requestBody(ctx, rules.body.maxBytes);
+  if (!body) return CONTINUE;
   let hash: string;
   try {
     hash = bodyHash(body, rules.body.include, rules.body.exclude);
@@ -81,15 +117,14 @@ async function classifyPost(ctx: RequestContext): Promise<Verdict> {
     if (err instanceof BodyKeyError) return CONTINUE; // not JSON: pass through uncached, never rejected
     throw err;
   }
-  const s = state(ctx, hash);
+  const s = state(ctx, hash, rules);
   s.body = body;
   ctx.cache = s;
   return CONTINUE;
 }
 
-function state(ctx: RequestContext, body: string): CacheState {
+function state(ctx: RequestContext, body: string, rules: RouteCacheConfig): CacheState {
   const route = ctx.route as NonNullable<RequestContext["route"]>;
-  const rules = route.config.cache;
   const headers = ctx.req.headers;
   const tenantHeader = rules.tenantHeader ?? "authorization";
   const tenantValue = rules.shared ? undefined : headers[tenantHeader];
@@ -118,6 +153,9 @@ function state(ctx: RequestContext, body: string): CacheState {
     stale: undefined,
     flight: undefined,
     body: undefined,
+    tags: [],
+    coalesceTimeoutMs: undefined,
+    kind: undefined,
   };
 }
 

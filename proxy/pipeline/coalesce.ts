@@ -16,12 +16,13 @@ export function createCoalesceStage(cache: TieredCache, flights: SingleFlight, w
       const c = ctx.cache;
       // Only what could be stored is worth waiting for: anything else would be fetched by each follower anyway.
       if (!c || !c.storable) return CONTINUE;
-      const flight = await flights.acquire(c.key);
+      const wait = c.coalesceTimeoutMs ?? waitMs;
+      const flight = await flights.acquire(c.key, wait);
       if (flight.role === "leader") {
         c.flight = flight;
         return CONTINUE;
       }
-      const outcome = await flight.wait(waitMs);
+      const outcome = await flight.wait(wait);
       if (outcome !== "stored") return CONTINUE;
       const result = await cache.lookup(c.primaryKey, ctx.req.headers);
       c.key = result.key;

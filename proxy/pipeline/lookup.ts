@@ -29,6 +29,7 @@ export function planFromEntry(
 ): ResponsePlan {
   ctx.cacheStatus = status;
   ctx.cacheTier = tier;
+  ctx.servedEntry = entry;
   const headers: OutgoingHttpHeaders = { ...entry.headers };
   headers.age = String(Math.floor(currentAgeMs(entry, now) / 1000)); // RFC 9111 §5.1
   // RFC 9110 §13.2.2: conditionals are evaluated for GET/HEAD against the selected representation.

@@ -4,9 +4,10 @@
 import type { Invalidator } from "../cache/invalidation.js";
 import { refreshAfterNotModified, usableOnError } from "../cache/policy.js";
 import type { TieredCache } from "../cache/tiered-cache.js";
-import type { CacheWriter } from "../cache/writer.js";
+import type { CacheWriter, CaptureRequest } from "../cache/writer.js";
 import type { RequestContext, ResponsePlan } from "../context.js";
-import { isUnsafe } from "./classify.js";
+import type { PluginHost } from "../plugins.js";
+import { isUnsafe, requestBody } from "./classify.js";
 import { planFromEntry } from "./lookup.js";
 import type { ResponseStage } from "./pipeline.js";
 
@@ -23,10 +24,18 @@ function sameHostUrl(ctx: RequestContext, value: unknown): string | undefined {
   }
 }
 
+/** The plugins' shouldStore hooks as the writer's veto, or undefined when no plugin has one. */
+export function storeVeto(ctx: RequestContext, plugins: PluginHost): CaptureRequest["shouldStore"] {
+  if (!plugins.has("shouldStore")) return undefined;
+  const request = plugins.view(ctx, (max) => requestBody(ctx, max));
+  return (status, headers, body) => plugins.shouldStore({ request, status, headers, body });
+}
+
 export function createStoreStage(
   cache: TieredCache,
   writer: CacheWriter,
   invalidator: Invalidator,
+  plugins: PluginHost,
 ): ResponseStage {
   return {
     name: "store",
@@ -104,6 +113,8 @@ export function createStoreStage(
           url: c.url,
           primaryKey: c.primaryKey,
           requestHeaders: ctx.req.headers,
+          tags: c.tags,
+          shouldStore: storeVeto(ctx, plugins),
         },
         plan.status,
         plan.headers,

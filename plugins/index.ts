@@ -1,0 +1,7 @@
+// Built-in plugins, loaded by name (`--plugin dify`). Imported lazily: an unused plugin costs nothing at start-up.
+import type { PluginDefinition } from "./plugin-api.js";
+
+export const BUILTIN_PLUGINS: Record<string, () => Promise<PluginDefinition>> = {
+  "request-tagger": async () =>
+    (await import("./examples/request-tagger.js")).default as unknown as PluginDefinition,
+};
