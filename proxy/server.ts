@@ -17,8 +17,10 @@ import { asProxyError, deliver, errorResponse, isEventStream } from "./pipeline/
 import { createForwardStage } from "./pipeline/forward.js";
 import { createLookupStage } from "./pipeline/lookup.js";
 import { type Pipeline, runPipeline } from "./pipeline/pipeline.js";
+import { createOnRequestStage, createPluginResponseStage } from "./pipeline/plugin-hooks.js";
 import { createRouteStage } from "./pipeline/route.js";
-import { createStoreStage } from "./pipeline/store.js";
+import { createStoreStage, storeVeto } from "./pipeline/store.js";
+import { PluginHost } from "./plugins.js";
 import { Router } from "./routing.js";
 import { setForwardedHeaders, TrustedProxies, unmapIPv4 } from "./upstream/forwarded.js";
 import { Forwarder } from "./upstream/forwarder.js";
@@ -61,6 +63,7 @@ class Context implements RequestContext {
   clientConditionals: Record<string, string | undefined> = {};
   coalesced = false;
   responseHeaders: Record<string, string> | undefined = undefined;
+  servedEntry: RequestContext["servedEntry"] = undefined;
   upstreamMs: number | undefined = undefined;
   errorCode: RequestContext["errorCode"] = undefined;
   private childLog: Logger | undefined;
@@ -118,15 +121,28 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
   const cacheService = createCacheService(config, { logger, events, forwarder, trust });
   const metrics = createMetrics(events, { defaultMetrics: opts.defaultMetrics, cache: cacheService });
   const { cache } = cacheService;
+  let plugins: PluginHost;
+  try {
+    plugins = await PluginHost.load(config.plugins, { logger, registry: metrics.registry });
+  } catch (err) {
+    await cacheService.close();
+    router.close();
+    throw err;
+  }
+  cacheService.refresher.storeVeto = (ctx) => storeVeto(ctx, plugins);
   const pipeline: Pipeline = {
     requestStages: [
       createRouteStage(router, trust),
-      createClassifyStage(),
+      createOnRequestStage(plugins),
+      createClassifyStage(plugins),
       createLookupStage(cache, cacheService.refresher, config.cache.earlyRefreshBeta),
       createCoalesceStage(cache, cacheService.flights, config.cache.coalesceTimeout),
       createForwardStage(forwarder, trust, events),
     ],
-    responseStages: [createStoreStage(cache, cacheService.writer, cacheService.invalidator)],
+    responseStages: [
+      createStoreStage(cache, cacheService.writer, cacheService.invalidator, plugins),
+      createPluginResponseStage(plugins),
+    ],
   };
 
   let draining = false;
@@ -277,6 +293,7 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
       forwarder.close();
       router.close();
       await cacheService.close();
+      await plugins.close();
       logger.info({ abandoned: inFlight }, "cachegate stopped");
     })();
     return closing;
