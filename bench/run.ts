@@ -1,0 +1,543 @@
+// Pass-through benchmark (no caching): requests/s and latency of
+//   direct        the upstream itself,
+//   http-proxy-3  a bare http-proxy-3 proxy with a keep-alive agent (the reference),
+//   cachegate     cachegate with the config `--upstream URL` gives, logging at info to /dev/null,
+// all against one node:http upstream serving a 1 KiB JSON body. The upstream and each proxy run in their own child
+// process; autocannon runs here. Every target is warmed up once, then the proxies are measured interleaved
+// (ABBA order across rounds) so drift on a noisy machine hits both alike, and the median per target is reported.
+//
+//   npm run bench                       defaults: 50 connections, 5 s warm-up, 2 rounds of 10 s runs
+//   BENCH_DURATION=5 npm run bench      seconds per measured run
+//   BENCH_CONNECTIONS, BENCH_ROUNDS, BENCH_WARMUP (seconds, 0 = none)
+//   BENCH_TARGETS=http-proxy-3,cachegate   a subset (comma-separated)
+//   BENCH_CPU_PROF=dir                  run the proxy children with `node --cpu-prof`, profiles in dir/<target>/
+//
+// Reported per target: median req/s, p50/p99 latency, errors/non-2xx, and (Linux) the CPU µs per request of the
+// target's server process, read from /proc, which varies far less than req/s when other work shares the machine.
+// Results are printed as a table and written to bench/results/passthrough-<ISO date>.json.
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import os from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import autocannon from "autocannon";
+import { BODY_BYTES } from "./body.js";
+import type { ReadyLine } from "./child.js";
+
+const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
+const ROOT = resolve(BENCH_DIR, "..");
+/** The issue's bar: cachegate pass-through at >= 0.8x the requests/s of bare http-proxy-3. */
+const TARGET_RATIO = 0.8;
+
+type TargetName = "direct" | "http-proxy-3" | "cachegate";
+const ALL_TARGETS: readonly TargetName[] = ["direct", "http-proxy-3", "cachegate"];
+
+interface Settings {
+  durationS: number;
+  warmupS: number;
+  connections: number;
+  rounds: number;
+  targets: TargetName[];
+  cpuProfDir: string | undefined;
+}
+
+function intEnv(name: string, fallback: number, min: number, max: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    throw new Error(`${name} must be an integer from ${min} to ${max}, got "${raw}"`);
+  }
+  return n;
+}
+
+function readSettings(): Settings {
+  const rawTargets = process.env.BENCH_TARGETS;
+  let targets = [...ALL_TARGETS];
+  if (rawTargets) {
+    const wanted = rawTargets.split(",").map((s) => s.trim());
+    for (const t of wanted) {
+      if (!ALL_TARGETS.includes(t as TargetName)) {
+        throw new Error(`BENCH_TARGETS: unknown target "${t}" (known: ${ALL_TARGETS.join(", ")})`);
+      }
+    }
+    targets = ALL_TARGETS.filter((t) => wanted.includes(t));
+  }
+  return {
+    durationS: intEnv("BENCH_DURATION", 10, 1, 120),
+    warmupS: intEnv("BENCH_WARMUP", 5, 0, 60),
+    connections: intEnv("BENCH_CONNECTIONS", 50, 1, 1000),
+    rounds: intEnv("BENCH_ROUNDS", 2, 1, 20),
+    targets,
+    cpuProfDir: process.env.BENCH_CPU_PROF ? resolve(process.env.BENCH_CPU_PROF) : undefined,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------- child processes
+
+interface Child {
+  readonly name: string;
+  readonly proc: ChildProcess;
+  readonly port: number;
+  readonly url: string;
+}
+
+const children: ChildProcess[] = [];
+const STARTUP_TIMEOUT_MS = 30_000;
+
+/** Starts `node --import tsx bench/<file>` and waits for its ready line (port) on stdout. */
+function startChild(
+  name: string,
+  file: string,
+  env: Record<string, string>,
+  nodeArgs: string[] = [],
+): Promise<Child> {
+  const proc = spawn(process.execPath, [...nodeArgs, "--import", "tsx", join(BENCH_DIR, file)], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    // stdin stays open: a child exits when it closes, i.e. when this process dies however it dies.
+    stdio: ["pipe", "pipe", "inherit"],
+  });
+  children.push(proc);
+  return new Promise<Child>((resolvePromise, reject) => {
+    const timer = setTimeout(() => {
+      reject(new Error(`${name} did not report its port within ${STARTUP_TIMEOUT_MS} ms`));
+    }, STARTUP_TIMEOUT_MS);
+    const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
+      clearTimeout(timer);
+      reject(new Error(`${name} exited before it was ready (code ${code}, signal ${signal})`));
+    };
+    proc.once("exit", onExit);
+    proc.once("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    const lines = createInterface({ input: proc.stdout! });
+    lines.on("line", (line) => {
+      let msg: Partial<ReadyLine> | undefined;
+      try {
+        msg = JSON.parse(line) as Partial<ReadyLine>;
+      } catch {
+        msg = undefined;
+      }
+      if (msg?.ready && typeof msg.port === "number") {
+        clearTimeout(timer);
+        proc.off("exit", onExit);
+        proc.once("exit", (code, signal) => {
+          if (!shuttingDown)
+            console.error(`bench: ${name} exited unexpectedly (code ${code}, signal ${signal})`);
+        });
+        resolvePromise({ name, proc, port: msg.port, url: `http://127.0.0.1:${msg.port}` });
+      } else if (line.trim()) {
+        process.stdout.write(`[${name}] ${line}\n`);
+      }
+    });
+  });
+}
+
+function waitExit(proc: ChildProcess, ms: number): Promise<boolean> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve(true);
+  return new Promise((resolvePromise) => {
+    const timer = setTimeout(() => resolvePromise(false), ms);
+    proc.once("exit", () => {
+      clearTimeout(timer);
+      resolvePromise(true);
+    });
+  });
+}
+
+let shuttingDown = false;
+
+/** SIGTERM to every child (they exit normally, so CPU profiles get written), SIGKILL to those still there after 5 s. */
+async function stopChildren(): Promise<void> {
+  shuttingDown = true;
+  const alive = children.filter((p) => p.exitCode === null && p.signalCode === null);
+  for (const p of alive) p.kill("SIGTERM");
+  const exited = await Promise.all(alive.map((p) => waitExit(p, 5_000)));
+  const stuck = alive.filter((_, i) => !exited[i]);
+  for (const p of stuck) {
+    console.error(`bench: child ${p.pid} ignored SIGTERM; killing it`);
+    p.kill("SIGKILL");
+  }
+  await Promise.all(stuck.map((p) => waitExit(p, 2_000)));
+}
+
+// ---------------------------------------------------------------------------------------------- measuring
+
+let clockTicks: number | undefined;
+
+/**
+ * CPU seconds (user + system) a process has used so far, from /proc (Linux); undefined elsewhere. CPU time per
+ * request barely depends on how busy the machine is, unlike requests/s, so it is the steadier figure here.
+ */
+function cpuSeconds(pid: number | undefined): number | undefined {
+  if (pid === undefined || process.platform !== "linux") return undefined;
+  try {
+    clockTicks ??= Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / clockTicks;
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU µs per request of one process over a run, or undefined when unknown. */
+function cpuPerRequest(before: number | undefined, after: number | undefined, requests: number) {
+  return before === undefined || after === undefined || requests === 0
+    ? undefined
+    : ((after - before) * 1e6) / requests;
+}
+
+/** One request outside the load run: the target must answer 200 with the upstream's 1 KiB body. */
+function sanityCheck(target: string, url: string): Promise<void> {
+  return new Promise((resolvePromise, reject) => {
+    const req = http.get(url, { agent: false, timeout: 5_000 }, (res) => {
+      let bytes = 0;
+      res.on("data", (c: Buffer) => {
+        bytes += c.length;
+      });
+      res.on("end", () => {
+        if (res.statusCode !== 200 || bytes !== BODY_BYTES) {
+          reject(new Error(`${target}: sanity check got ${res.statusCode} with ${bytes} bytes`));
+        } else {
+          resolvePromise();
+        }
+      });
+      res.on("error", reject);
+    });
+    req.on("timeout", () => req.destroy(new Error(`${target}: sanity check timed out`)));
+    req.on("error", reject);
+  });
+}
+
+/** autocannon for `durationS`, bounded: stopped after duration + 15 s, abandoned 5 s after that. */
+function cannon(url: string, connections: number, durationS: number): Promise<autocannon.Result> {
+  return new Promise((resolvePromise, reject) => {
+    let stopTimer: NodeJS.Timeout | undefined;
+    let giveUpTimer: NodeJS.Timeout | undefined;
+    const instance = autocannon(
+      { url, connections, duration: durationS, pipelining: 1, timeout: 10 },
+      (err, result) => {
+        clearTimeout(stopTimer);
+        clearTimeout(giveUpTimer);
+        if (err) reject(err instanceof Error ? err : new Error(String(err)));
+        else resolvePromise(result);
+      },
+    );
+    stopTimer = setTimeout(() => instance.stop(), (durationS + 15) * 1000);
+    giveUpTimer = setTimeout(
+      () => reject(new Error(`autocannon against ${url} did not finish`)),
+      (durationS + 20) * 1000,
+    );
+  });
+}
+
+interface RunResult {
+  target: TargetName;
+  round: number;
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+  meanMs: number;
+  requests: number;
+  errors: number;
+  timeouts: number;
+  non2xx: number;
+  durationS: number;
+  /** CPU µs per request of the target's server process (the upstream, for `direct`). */
+  cpuUsPerReq: number | undefined;
+  /** CPU µs per request of the upstream process during the run. */
+  upstreamCpuUsPerReq: number | undefined;
+}
+
+function toRun(
+  target: TargetName,
+  round: number,
+  r: autocannon.Result,
+  cpu: {
+    target: [number | undefined, number | undefined];
+    upstream: [number | undefined, number | undefined];
+  },
+): RunResult {
+  return {
+    target,
+    round,
+    rps: r.requests.average,
+    p50Ms: r.latency.p50,
+    p99Ms: r.latency.p99,
+    meanMs: r.latency.average,
+    requests: r.requests.total,
+    errors: r.errors,
+    timeouts: r.timeouts,
+    non2xx: r.non2xx,
+    durationS: r.duration,
+    cpuUsPerReq: cpuPerRequest(...cpu.target, r.requests.total),
+    upstreamCpuUsPerReq: cpuPerRequest(...cpu.upstream, r.requests.total),
+  };
+}
+
+function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+interface Summary {
+  target: TargetName;
+  runs: number;
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+  rpsMin: number;
+  rpsMax: number;
+  cpuUsPerReq: number | undefined;
+  errors: number;
+  non2xx: number;
+}
+
+function summarize(target: TargetName, runs: RunResult[]): Summary {
+  const mine = runs.filter((r) => r.target === target);
+  return {
+    target,
+    runs: mine.length,
+    rps: median(mine.map((r) => r.rps)),
+    p50Ms: median(mine.map((r) => r.p50Ms)),
+    p99Ms: median(mine.map((r) => r.p99Ms)),
+    rpsMin: Math.min(...mine.map((r) => r.rps)),
+    rpsMax: Math.max(...mine.map((r) => r.rps)),
+    cpuUsPerReq: mine.some((r) => r.cpuUsPerReq === undefined)
+      ? undefined
+      : median(mine.map((r) => r.cpuUsPerReq!)),
+    errors: mine.reduce((n, r) => n + r.errors, 0),
+    non2xx: mine.reduce((n, r) => n + r.non2xx, 0),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------- reporting
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows
+    .map((r, ri) => {
+      const line = r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
+      return ri === 0 ? `${line}\n${widths.map((w) => "-".repeat(w)).join("  ")}` : line;
+    })
+    .join("\n");
+}
+
+const fmt = (n: number | undefined, digits = 0) =>
+  n !== undefined && Number.isFinite(n) ? n.toFixed(digits) : "n/a";
+
+function gitInfo(): { commit: string | undefined; dirty: string[] } {
+  try {
+    const commit = execFileSync("git", ["rev-parse", "HEAD"], { cwd: ROOT, encoding: "utf8" }).trim();
+    const dirty = execFileSync("git", ["status", "--porcelain", "--", "proxy", "config", "package.json"], {
+      cwd: ROOT,
+      encoding: "utf8",
+    })
+      .split("\n")
+      .filter(Boolean);
+    return { commit, dirty };
+  } catch {
+    return { commit: undefined, dirty: [] };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- main
+
+async function main(): Promise<number> {
+  const settings = readSettings();
+  const { durationS, warmupS, connections, rounds, targets, cpuProfDir } = settings;
+  const proxies = targets.filter((t) => t !== "direct");
+  const runsPlanned = rounds * targets.length;
+  const plannedS = warmupS * targets.length + durationS * runsPlanned;
+  console.log(
+    `cachegate pass-through benchmark: ${connections} connections, ${warmupS} s warm-up per target, ` +
+      `${rounds} round(s) of ${durationS} s runs, targets ${targets.join(", ")} (~${plannedS} s of load)`,
+  );
+  console.log(
+    `node ${process.version}, ${os.cpus().length} CPUs, load average ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(" ")}`,
+  );
+
+  const upstream = await startChild("upstream", "upstream.ts", {});
+  const env = { BENCH_UPSTREAM_URL: upstream.url };
+  // One directory per child: with `--import tsx` the module loader runs on its own thread, which writes a profile too.
+  const profArgs = (name: string) =>
+    cpuProfDir ? ["--cpu-prof", "--cpu-prof-dir", join(cpuProfDir, name)] : [];
+  const started = await Promise.all(
+    proxies.map((t) =>
+      t === "http-proxy-3"
+        ? startChild(t, "bare-proxy.ts", env, profArgs("http-proxy-3"))
+        : startChild(t, "cachegate-server.ts", env, profArgs("cachegate")),
+    ),
+  );
+  const urls = new Map<TargetName, string>([["direct", upstream.url]]);
+  const pids = new Map<TargetName, number | undefined>([["direct", upstream.proc.pid]]);
+  for (const [i, t] of proxies.entries()) {
+    urls.set(t, started[i]!.url);
+    pids.set(t, started[i]!.proc.pid);
+  }
+  for (const t of targets) await sanityCheck(t, urls.get(t)!);
+  console.log(
+    `children ready: ${[upstream, ...started].map((c) => `${c.name} pid ${c.proc.pid} ${c.url}`).join(", ")}`,
+  );
+
+  if (warmupS > 0) {
+    for (const t of targets) {
+      const r = await cannon(urls.get(t)!, connections, warmupS);
+      console.log(`warm-up   ${t.padEnd(12)} ${fmt(r.requests.average).padStart(7)} req/s (discarded)`);
+    }
+  }
+
+  const runs: RunResult[] = [];
+  for (let round = 1; round <= rounds; round++) {
+    // ABBA: the proxies alternate which goes first, so a slow drift of the machine does not favour either.
+    const order: TargetName[] = [
+      ...(targets.includes("direct") ? (["direct"] as const) : []),
+      ...(round % 2 === 1 ? proxies : [...proxies].reverse()),
+    ];
+    for (const t of order) {
+      const pid = pids.get(t);
+      const before = [cpuSeconds(pid), cpuSeconds(upstream.proc.pid)] as const;
+      const result = await cannon(urls.get(t)!, connections, durationS);
+      const cpu = {
+        target: [before[0], cpuSeconds(pid)] as [number | undefined, number | undefined],
+        upstream: [before[1], cpuSeconds(upstream.proc.pid)] as [number | undefined, number | undefined],
+      };
+      const run = toRun(t, round, result, cpu);
+      runs.push(run);
+      console.log(
+        `round ${round}/${rounds} ${t.padEnd(12)} ${fmt(run.rps).padStart(7)} req/s  p50 ${fmt(run.p50Ms, 1)} ms  ` +
+          `p99 ${fmt(run.p99Ms, 1)} ms  CPU ${fmt(run.cpuUsPerReq)} µs/req  errors ${run.errors}  non-2xx ${run.non2xx}`,
+      );
+    }
+  }
+
+  const summaries = targets.map((t) => summarize(t, runs));
+  const by = new Map(summaries.map((s) => [s.target, s]));
+  console.log(
+    `\nMedian of ${rounds} run(s) per target, ${durationS} s each, ${connections} connections, 1 KiB JSON, loopback:\n`,
+  );
+  console.log(
+    table([
+      ["target", "req/s", "min-max req/s", "p50 ms", "p99 ms", "CPU µs/req", "errors", "non-2xx"],
+      ...summaries.map((s) => [
+        s.target,
+        fmt(s.rps),
+        `${fmt(s.rpsMin)}-${fmt(s.rpsMax)}`,
+        fmt(s.p50Ms, 1),
+        fmt(s.p99Ms, 1),
+        fmt(s.cpuUsPerReq),
+        String(s.errors),
+        String(s.non2xx),
+      ]),
+    ]),
+  );
+
+  const gate = by.get("cachegate");
+  const bare = by.get("http-proxy-3");
+  const direct = by.get("direct");
+  const ratios = {
+    cachegateVsHttpProxy3: gate && bare ? gate.rps / bare.rps : undefined,
+    cachegateVsDirect: gate && direct ? gate.rps / direct.rps : undefined,
+    httpProxy3VsDirect: bare && direct ? bare.rps / direct.rps : undefined,
+    cpuPerRequestCachegateVsHttpProxy3:
+      gate?.cpuUsPerReq && bare?.cpuUsPerReq ? gate.cpuUsPerReq / bare.cpuUsPerReq : undefined,
+  };
+  console.log("");
+  if (ratios.cachegateVsHttpProxy3 !== undefined)
+    console.log(`cachegate / http-proxy-3 req/s: ${ratios.cachegateVsHttpProxy3.toFixed(2)}x`);
+  if (ratios.cachegateVsDirect !== undefined)
+    console.log(`cachegate / direct req/s:       ${ratios.cachegateVsDirect.toFixed(2)}x`);
+  if (ratios.httpProxy3VsDirect !== undefined)
+    console.log(`http-proxy-3 / direct req/s:    ${ratios.httpProxy3VsDirect.toFixed(2)}x`);
+  if (ratios.cpuPerRequestCachegateVsHttpProxy3 !== undefined) {
+    console.log(
+      `cachegate / http-proxy-3 CPU per request: ${ratios.cpuPerRequestCachegateVsHttpProxy3.toFixed(2)}x ` +
+        "(server process only; steadier than req/s on a busy machine)",
+    );
+  }
+  const met =
+    ratios.cachegateVsHttpProxy3 === undefined ? undefined : ratios.cachegateVsHttpProxy3 >= TARGET_RATIO;
+  if (met !== undefined) {
+    console.log(
+      `Issue target: cachegate pass-through >= ${TARGET_RATIO}x bare http-proxy-3 req/s: ` +
+        `${met ? "MET" : "NOT MET"} (${ratios.cachegateVsHttpProxy3!.toFixed(2)}x)`,
+    );
+  }
+  if (direct) {
+    console.log(
+      "Note: autocannon, the upstream and the proxy share this machine's CPUs; 'direct' is bounded by autocannon itself. " +
+        "CPU µs/req is the target's server process (for 'direct', the upstream).",
+    );
+  }
+
+  const date = new Date();
+  const file = join(BENCH_DIR, "results", `passthrough-${date.toISOString().replace(/:/g, "-")}.json`);
+  mkdirSync(dirname(file), { recursive: true });
+  const report = {
+    benchmark: "passthrough",
+    date: date.toISOString(),
+    machine: {
+      node: process.version,
+      platform: `${os.platform()} ${os.release()} ${os.arch()}`,
+      cpus: os.cpus().length,
+      cpuModel: os.cpus()[0]?.model,
+      loadAverageAtEnd: os.loadavg(),
+    },
+    git: gitInfo(),
+    settings: {
+      ...settings,
+      bodyBytes: BODY_BYTES,
+      pipelining: 1,
+      order: "warm-up each, then per round direct + proxies ABBA",
+    },
+    summary: summaries,
+    ratios,
+    target: { cachegateVsHttpProxy3AtLeast: TARGET_RATIO, met },
+    runs,
+  };
+  writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
+  console.log(`\nresults: ${file}`);
+  return 0;
+}
+
+// Hard bound on the whole run, whatever hangs: startup, every warm-up and run with its grace, and shutdown.
+function watchdog(): void {
+  let s: Settings;
+  try {
+    s = readSettings();
+  } catch {
+    return;
+  }
+  const limitS = 60 + s.targets.length * (s.warmupS + 25) + s.rounds * s.targets.length * (s.durationS + 25);
+  setTimeout(() => {
+    console.error(`bench: still running after ${limitS} s; stopping`);
+    stopChildren().finally(() => process.exit(1));
+  }, limitS * 1000).unref();
+}
+
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    console.error(`bench: ${signal}; stopping children`);
+    stopChildren().finally(() => process.exit(130));
+  });
+}
+
+watchdog();
+let exitCode = 1;
+try {
+  exitCode = await main();
+} catch (err) {
+  console.error(`bench: ${err instanceof Error ? err.message : String(err)}`);
+} finally {
+  await stopChildren();
+}
+process.exit(exitCode);
