@@ -121,6 +121,11 @@ const upstreamSchema = z.strictObject({
       maxWait: duration.default(5_000), // 5 s in the queue at most → 503 upstream_overloaded
       /** Latency above baseline × tolerance lowers the limit (gradient, as Netflix Gradient2 / Envoy). */
       latencyTolerance: z.number().min(1).max(10).default(2),
+      /**
+       * Share the limit among instances through Redis (bottleneck clustering). Off by default: measured slower and
+       * more fragile than local limits (README, "Resilience"); without Redis, or while it is down, limits are local.
+       */
+      shared: z.boolean().default(false),
     })
     .prefault({})
     .superRefine((c, ctx) => {
@@ -149,6 +154,7 @@ export const limitsSchema = z
     dryRun: z.boolean().default(false), // count and log, never refuse
   })
   .superRefine((l, ctx) => {
+    if (l.per === 0) ctx.addIssue({ code: "custom", path: ["per"], message: "must be above 0" });
     if (l.clientId === "header" && !l.clientHeader) {
       ctx.addIssue({ code: "custom", path: ["clientHeader"], message: 'required when clientId is "header"' });
     }

@@ -46,6 +46,8 @@ export type ClassifyDecision =
       coalesceTimeoutMs?: number;
       /** Purge tags for the stored entry. */
       tags?: string[];
+      /** Path and query to key on instead of the request's own (e.g. without a parameter the upstream ignores). */
+      target?: string;
       /** A label from a small fixed set, for metrics (e.g. "completion"). */
       kind?: string;
     };
@@ -86,6 +88,14 @@ export interface PluginContext<C> {
   hook<N extends HookName>(name: N, fn: NonNullable<Hooks[N]>): void;
   /** Called when cachegate stops. */
   onClose(fn: () => void | Promise<void>): void;
+  /** Purges stored entries (all tiers and instances), e.g. after a write that changes what they hold. Never throws. */
+  purge(request: PluginPurge): Promise<void>;
+}
+
+/** What a plugin may purge: entries carrying any of these tags, or stored for these "host/path?query" URLs. */
+export interface PluginPurge {
+  tags?: string[];
+  urls?: string[];
 }
 
 export interface PluginDefinition<S extends z.ZodType = z.ZodType> {

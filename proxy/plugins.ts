@@ -12,6 +12,7 @@ import {
   type HookName,
   type Hooks,
   type PluginDefinition,
+  type PluginPurge,
   type PluginRequest,
   type StoreCandidate,
   type StoreVerdict,
@@ -98,7 +99,7 @@ export class PluginHost {
 
   static async load(
     specs: readonly PluginSpec[],
-    deps: { logger: Logger; registry: Registry },
+    deps: { logger: Logger; registry: Registry; purge?: (request: PluginPurge) => Promise<unknown> },
   ): Promise<PluginHost> {
     const loaded: LoadedPlugin[] = [];
     const closers: Array<() => void | Promise<void>> = [];
@@ -130,6 +131,9 @@ export class PluginHost {
           },
           onClose(fn) {
             closers.push(fn);
+          },
+          async purge(request) {
+            await deps.purge?.(request);
           },
         });
       } catch (err) {

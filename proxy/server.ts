@@ -11,16 +11,23 @@ import { ERRORS, errorBody, ProxyError } from "./errors.js";
 import { ProxyEvents, type RequestSummary } from "./observability/events.js";
 import { createLogger, type Logger } from "./observability/logger.js";
 import { createMetrics, type Metrics } from "./observability/metrics.js";
+import { observeResilience } from "./observability/resilience.js";
 import { createClassifyStage } from "./pipeline/classify.js";
+import { createBreakerStage } from "./pipeline/breaker.js";
 import { createCoalesceStage } from "./pipeline/coalesce.js";
 import { asProxyError, deliver, errorResponse, isEventStream } from "./pipeline/deliver.js";
 import { createForwardStage } from "./pipeline/forward.js";
 import { createLookupStage } from "./pipeline/lookup.js";
 import { type Pipeline, runPipeline } from "./pipeline/pipeline.js";
 import { createOnRequestStage, createPluginResponseStage } from "./pipeline/plugin-hooks.js";
+import { createRateLimitStage } from "./pipeline/rate-limit.js";
 import { createRouteStage } from "./pipeline/route.js";
 import { createStoreStage, storeVeto } from "./pipeline/store.js";
 import { PluginHost } from "./plugins.js";
+import { BOTTLENECK_PATCH } from "./resilience/bottleneck.js";
+import { Breakers } from "./resilience/breakers.js";
+import { ClientLimiter } from "./resilience/client-limits.js";
+import { UpstreamLimiters } from "./resilience/upstream-limiter.js";
 import { Router } from "./routing.js";
 import { setForwardedHeaders, TrustedProxies, unmapIPv4 } from "./upstream/forwarded.js";
 import { Forwarder } from "./upstream/forwarder.js";
@@ -42,6 +49,9 @@ export interface Cachegate {
   readonly metrics: Metrics;
   readonly events: ProxyEvents;
   readonly cache: CacheService;
+  /** Per-upstream circuit breakers and concurrency limiters (miss path only). */
+  readonly breakers: Breakers;
+  readonly limiters: UpstreamLimiters;
   /** Stops accepting, lets in-flight requests finish up to `deadlineMs`, then cuts what is left. */
   close(deadlineMs?: number): Promise<void>;
 }
@@ -123,21 +133,38 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
   const { cache } = cacheService;
   let plugins: PluginHost;
   try {
-    plugins = await PluginHost.load(config.plugins, { logger, registry: metrics.registry });
+    plugins = await PluginHost.load(config.plugins, {
+      logger,
+      registry: metrics.registry,
+      purge: (request) => cacheService.invalidator.purge(request),
+    });
   } catch (err) {
     await cacheService.close();
     router.close();
     throw err;
   }
   cacheService.refresher.storeVeto = (ctx) => storeVeto(ctx, plugins);
+  const clientLimiter = new ClientLimiter(config, {
+    redis: cacheService.redis,
+    keyPrefix: config.redis.keyPrefix,
+  });
+  const breakers = new Breakers(config.upstreams);
+  const limiters = new UpstreamLimiters(config.upstreams, {
+    redis: cacheService.redis,
+    keyPrefix: config.redis.keyPrefix,
+  });
+  observeResilience(metrics.registry, logger, breakers, limiters);
+  if (!BOTTLENECK_PATCH.applied) logger.warn({ reason: BOTTLENECK_PATCH.reason }, "bottleneck not patched");
   const pipeline: Pipeline = {
     requestStages: [
       createRouteStage(router, trust),
+      createRateLimitStage(clientLimiter, { events, logger }),
       createOnRequestStage(plugins),
       createClassifyStage(plugins),
       createLookupStage(cache, cacheService.refresher, config.cache.earlyRefreshBeta),
       createCoalesceStage(cache, cacheService.flights, config.cache.coalesceTimeout),
-      createForwardStage(forwarder, trust, events),
+      createBreakerStage(breakers),
+      createForwardStage(forwarder, trust, events, { breakers, limiters }),
     ],
     responseStages: [
       createStoreStage(cache, cacheService.writer, cacheService.invalidator, plugins),
@@ -292,6 +319,9 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
       }
       forwarder.close();
       router.close();
+      clientLimiter.close();
+      breakers.shutdown();
+      await limiters.close();
       await cacheService.close();
       await plugins.close();
       logger.info({ abandoned: inFlight }, "cachegate stopped");
@@ -299,5 +329,16 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     return closing;
   };
 
-  return { port, adminPort, config, logger, metrics, events, cache: cacheService, close };
+  return {
+    port,
+    adminPort,
+    config,
+    logger,
+    metrics,
+    events,
+    cache: cacheService,
+    breakers,
+    limiters,
+    close,
+  };
 }

@@ -140,7 +140,9 @@ export class LiveView {
 function table(rows: string[][]): string {
   const widths = rows[0]?.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length))) ?? [];
   return rows
-    .map((r) => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c] ?? 0) : cell.padStart(widths[c] ?? 0))).join("   "))
+    .map((r) =>
+      r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c] ?? 0) : cell.padStart(widths[c] ?? 0))).join("   "),
+    )
     .join("\n");
 }
 
@@ -158,7 +160,10 @@ export function summary(t: Tally, extras: SummaryExtras): string {
   const saved = t.tokensSaved();
   const missTokens = misses.reduce((a, r) => a + r.tokens, 0);
   const kv: string[][] = [
-    ["requests", `${t.done} (${t.done - t.streaming} blocking, ${t.streaming} streaming, ${t.errors.length} failed)`],
+    [
+      "requests",
+      `${t.done} (${t.done - t.streaming} blocking, ${t.streaming} streaming, ${t.errors.length} failed)`,
+    ],
     ["hit ratio", `${fmtPct(t.hitRatio())} (${hits.length} hits, ${misses.length} misses)`],
     ["tokens saved", `${fmtInt(saved.tokens)} (${fmtUsd(saved.priceUsd)} at the upstream's price)`],
   ];

@@ -53,8 +53,12 @@ const settings = {
 };
 // Every request ends by then (cachegate's own upstream timeouts are longer: minutes, as Dify needs).
 const requestTimeoutMs = Math.max(10_000, settings.answerMs * 5);
-// The whole run is bounded too: arrivals, then at most one timeout for whatever is still in flight.
-const deadlineMs = settings.durationMs + requestTimeoutMs + 5_000;
+// The whole run is bounded too: the arrivals, twice the time every request could take as a miss, one more timeout.
+const deadlineMs =
+  settings.durationMs +
+  Math.ceil(settings.requests / settings.concurrency) * settings.answerMs * 2 +
+  requestTimeoutMs +
+  5_000;
 
 interface Stack {
   url: string;
@@ -67,7 +71,12 @@ interface Stack {
 /** The demo's route: POSTs cached for 10 min whatever Dify's (absent) headers say, keyed per API key and body. */
 function demoConfigFile(dir: string): string {
   const file = join(dir, "config.json");
-  const cache = { mode: "override", ttl: "10m", methods: ["GET", "HEAD", "POST"], tenantHeader: "authorization" };
+  const cache = {
+    mode: "override",
+    ttl: "10m",
+    methods: ["GET", "HEAD", "POST"],
+    tenantHeader: "authorization",
+  };
   const raw = {
     listen: { host: "127.0.0.1", port: 0 },
     admin: { host: "127.0.0.1", port: 0 },
@@ -111,15 +120,24 @@ async function pluginTokensSaved(gate: Cachegate): Promise<number | undefined> {
 }
 
 async function main(): Promise<number> {
+  // `npm run demo | head`: the reader went away; nothing left to show.
+  process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code === "EPIPE") process.exit(0);
+    throw err;
+  });
   const stack = settings.target === undefined ? await startStack() : undefined;
   const target = stack?.url ?? (settings.target as string);
   const out = process.stdout;
   if (stack) {
+    const caching = stack.plugin
+      ? "dify plugin: completions cached per API key, user and prompt"
+      : "POST /v1/* cached 10 min per API key and body";
+    const pace =
+      settings.durationMs > 0 ? `over ~${settings.durationMs / 1000} s` : "as fast as they are answered";
     out.write(
       `Dify simulator ${stack.sim.url} (answers take ${settings.answerMs} ms)\n` +
-        `  ← cachegate ${stack.url} (memory tier; ${stack.plugin ? "plugin: dify, " : ""}` +
-        `POST /v1/* cached 10 min per API key and body)\n` +
-        `  ← ${settings.requests} requests, ${settings.concurrency} at a time, over ~${settings.durationMs / 1000} s\n\n`,
+        `  ← cachegate ${stack.url} (memory tier; ${caching})\n` +
+        `  ← ${settings.requests} requests, ${settings.concurrency} at a time, ${pace}\n\n`,
     );
   } else {
     out.write(`Driving ${target}: ${settings.requests} requests, ${settings.concurrency} at a time\n\n`);

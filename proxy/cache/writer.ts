@@ -74,6 +74,17 @@ export class CacheWriter {
     body: Readable,
     done: (outcome: FlightOutcome) => void,
   ): Readable | undefined {
+    // Fast path: nothing can make a response without freshness information storable here (no route ttl, no
+    // Cache-Control, no Expires, no Last-Modified for heuristic freshness), so skip the policy machinery.
+    if (
+      req.rules.ttl === 0 &&
+      headers["cache-control"] === undefined &&
+      headers.expires === undefined &&
+      headers["last-modified"] === undefined
+    ) {
+      done("uncacheable");
+      return undefined;
+    }
     const now = Date.now();
     const vary = varyNames(headers.vary as string | string[] | undefined);
     if (vary[0] === "*") {

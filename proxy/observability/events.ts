@@ -39,6 +39,10 @@ interface EventMap {
   "redis:error": [{ op: string }];
   "cache:refresh": [{ outcome: string }];
   "cache:purge": [{ memory: number; redis: number }];
+  /** A request refused by its client limits (enforced), or that would have been (dry_run). */
+  "ratelimit:limited": [{ route: string; mode: "enforced" | "dry_run" }];
+  /** A rate-limit decision taken by the per-instance insurance limiter because Redis failed. */
+  "ratelimit:fallback": [{ policy: string }];
 }
 
 export class ProxyEvents extends EventEmitter<EventMap> {}

@@ -6,6 +6,20 @@ import type { ProxyEvents } from "./events.js";
 const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
+/** Caches f's result per argument list (label values come from small fixed sets, so the map stays small). */
+function memo<A extends string[], R>(f: (...args: A) => R): (...args: A) => R {
+  const cache = new Map<string, R>();
+  return (...args: A) => {
+    const k = args.join("\u0000");
+    let v = cache.get(k);
+    if (v === undefined) {
+      v = f(...args);
+      cache.set(k, v);
+    }
+    return v;
+  };
+}
+
 export function methodLabel(method: string): string {
   return KNOWN_METHODS.has(method) ? method : "OTHER";
 }
@@ -94,6 +108,17 @@ export function createMetrics(
     labelNames: ["outcome"] as const,
     registers: [registry],
   });
+  const rateLimited = new Counter({
+    name: "cachegate_rate_limited_total",
+    help: "Requests refused by per-client limits (mode enforced), or counted only (mode dry_run), by route.",
+    labelNames: ["route", "mode"] as const,
+    registers: [registry],
+  });
+  const rateLimitFallbacks = new Counter({
+    name: "cachegate_rate_limit_fallback_total",
+    help: "Rate-limit decisions taken by the per-instance insurance limiter because Redis failed.",
+    registers: [registry],
+  });
   const cache = opts.cache;
   if (cache) {
     new Gauge({
@@ -133,17 +158,27 @@ export function createMetrics(
 
   events.on("redis:error", (e) => redisErrors.labels(e.op).inc());
   events.on("cache:refresh", (e) => refreshes.labels(e.outcome).inc());
+  events.on("ratelimit:limited", (e) => rateLimited.labels(e.route, e.mode).inc());
+  events.on("ratelimit:fallback", () => rateLimitFallbacks.inc());
+  // Labelled children looked up once per label combination: prom-client hashes the label values on every
+  // labels() call, and these run for every request.
+  const requestChild = memo((route: string, method: string, sc: string) =>
+    requests.labels(route, method, sc),
+  );
+  const cacheChild = memo((route: string, cache: string) => cacheResults.labels(route, cache));
+  const durationChild = memo((route: string, cache: string) => duration.labels(route, cache));
+  const ttfbChild = memo((upstream: string, sc: string) => upstreamTtfb.labels(upstream, sc));
   events.on("request:end", (s) => {
-    requests.labels(s.route, methodLabel(s.method), statusClass(s.status)).inc();
-    cacheResults.labels(s.route, s.cache).inc();
+    requestChild(s.route, methodLabel(s.method), statusClass(s.status)).inc();
+    cacheChild(s.route, s.cache).inc();
     if (s.cacheTier) tierHits.labels(s.route, s.cacheTier).inc();
     if (s.coalesced) coalesced.labels(s.route).inc();
-    duration.labels(s.route, s.cache).observe(s.durationMs / 1000);
+    durationChild(s.route, s.cache).observe(s.durationMs / 1000);
     if (s.aborted) aborted.labels(s.route).inc();
     if (s.error) errors.labels(s.route, s.error).inc();
   });
   events.on("upstream:response", (u) => {
-    upstreamTtfb.labels(u.upstream, statusClass(u.status)).observe(u.ttfbMs / 1000);
+    ttfbChild(u.upstream, statusClass(u.status)).observe(u.ttfbMs / 1000);
   });
   return { registry };
 }

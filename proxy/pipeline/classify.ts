@@ -96,7 +96,7 @@ async function classifyWithPlugins(ctx: RequestContext, plugins: PluginHost): Pr
   if (!decision.cache) return CONTINUE; // a plugin said never: forwarded as is (X-Cache: BYPASS)
   const routeRules = (ctx.route as NonNullable<RequestContext["route"]>).config.cache;
   const rules: RouteCacheConfig = { ...routeRules, ...decision.rules, body: routeRules.body };
-  const s = state(ctx, sha256(decision.key), rules);
+  const s = state(ctx, sha256(decision.key), rules, decision.target);
   s.tags = decision.tags ?? [];
   s.coalesceTimeoutMs = decision.coalesceTimeoutMs;
   s.kind = decision.kind;
@@ -123,7 +123,7 @@ async function classifyPost(ctx: RequestContext): Promise<Verdict> {
   return CONTINUE;
 }
 
-function state(ctx: RequestContext, body: string, rules: RouteCacheConfig): CacheState {
+function state(ctx: RequestContext, body: string, rules: RouteCacheConfig, keyTarget = ctx.url): CacheState {
   const route = ctx.route as NonNullable<RequestContext["route"]>;
   const headers = ctx.req.headers;
   const tenantHeader = rules.tenantHeader ?? "authorization";
@@ -131,7 +131,7 @@ function state(ctx: RequestContext, body: string, rules: RouteCacheConfig): Cach
   const tenant =
     tenantValue === undefined ? "" : sha256(Array.isArray(tenantValue) ? tenantValue.join(",") : tenantValue);
   const host = headers.host ?? "";
-  const target = rules.sortQuery ? sortQuery(ctx.url) : ctx.url;
+  const target = rules.sortQuery ? sortQuery(keyTarget) : keyTarget;
   const key = primaryKey({
     method: ctx.method === "POST" ? "POST" : "GET",
     upstream: route.upstream.name,

@@ -1,15 +1,23 @@
 // Stage 7, forward: send the request upstream (http-proxy-3) and respond with the upstream's response as a stream.
 // Revalidates a stale entry with its own validators; stands in with a stale entry when the upstream cannot be
 // reached and stale-if-error allows it.
+//
+// Resilience, in this order: take a slot of the upstream's concurrency limit (may wait, bounded; 503
+// upstream_overloaded), run the call through the upstream's circuit breaker (a 5xx counts as a failure but is still
+// the answer; an open breaker gives the stale copy or 503 upstream_circuit_open), and give the slot back when the
+// response body has ended or broke — an event stream keeps its slot for as long as it streams.
 import { PassThrough, Readable } from "node:stream";
 import { usableOnError, validatorHeaders } from "../cache/policy.js";
 import type { RequestContext } from "../context.js";
 import { ProxyError } from "../errors.js";
 import type { ProxyEvents } from "../observability/events.js";
+import type { Breakers } from "../resilience/breakers.js";
+import type { Slot, UpstreamLimiters } from "../resilience/upstream-limiter.js";
 import type { TrustedProxies } from "../upstream/forwarded.js";
 import { setForwardedHeaders } from "../upstream/forwarded.js";
-import type { Forwarder } from "../upstream/forwarder.js";
+import type { Forwarder, UpstreamResponse } from "../upstream/forwarder.js";
 import { endToEndResponseHeaders, stripRequestHopByHop } from "../upstream/hop-by-hop.js";
+import { circuitOpenResponse } from "./breaker.js";
 import { planFromEntry } from "./lookup.js";
 import type { RequestStage } from "./pipeline.js";
 import { respond } from "./pipeline.js";
@@ -27,10 +35,29 @@ function upstreamBody(ctx: RequestContext): Readable | undefined {
   return undefined;
 }
 
+/** Gives the slot back once the upstream body is over: ended, failed, or abandoned by everyone downstream. */
+function releaseAfterBody(slot: Slot, up: UpstreamResponse, res: RequestContext["res"]): void {
+  const body = up.body;
+  const release = () => slot.release();
+  body.once("end", release);
+  body.once("close", release);
+  body.once("error", release);
+  // The client is gone and nothing reads the body any more: drop it, which releases the slot.
+  res.once("close", () => {
+    if (!body.readableEnded && body.readableFlowing !== true) body.destroy();
+  });
+}
+
+export interface ForwardResilience {
+  breakers?: Breakers;
+  limiters?: UpstreamLimiters;
+}
+
 export function createForwardStage(
   forwarder: Forwarder,
   trust: TrustedProxies,
   events: ProxyEvents,
+  resilience: ForwardResilience = {},
 ): RequestStage {
   return {
     name: "forward",
@@ -55,18 +82,35 @@ export function createForwardStage(
         Object.assign(headers, validatorHeaders(stale));
       }
 
-      let up: Awaited<ReturnType<Forwarder["forward"]>>;
+      const limiter = resilience.limiters?.get(upstream.name);
+      const breaker = resilience.breakers?.get(upstream.name);
+      let slot: Slot | undefined;
+      let up: UpstreamResponse;
       try {
-        up = await forwarder.forward(ctx.req, ctx.res, upstream, upstreamBody(ctx));
+        if (limiter) {
+          slot = await limiter.acquire(ctx.res);
+          // The client left while the upstream was busy with others: don't send its request.
+          if (ctx.res.destroyed) throw new ProxyError("client_closed");
+        }
+        const call = () => forwarder.forward(ctx.req, ctx.res, upstream, upstreamBody(ctx));
+        up = breaker ? await breaker.run(call, (r) => r.status >= 500) : await call();
       } catch (err) {
+        slot?.release({ error: err instanceof ProxyError ? err.code : "internal_error" });
+        if (err instanceof ProxyError && err.code === "upstream_circuit_open") {
+          return respond(circuitOpenResponse(ctx, err));
+        }
         const now = Date.now();
         if (stale && err instanceof ProxyError && err.code !== "client_closed" && usableOnError(stale, now)) {
-          // RFC 5861 §4: stale-if-error covers an unreachable or timed-out upstream.
+          // RFC 5861 §4: stale-if-error covers an unreachable, timed-out or overloaded upstream.
           Object.assign(ctx.req.headers, ctx.clientConditionals);
           ctx.errorCode = err.code;
           return respond(planFromEntry(ctx, stale, "STALE", undefined, now));
         }
         throw err;
+      }
+      if (slot) {
+        slot.observe({ ttfbMs: up.ttfbMs, status: up.status });
+        releaseAfterBody(slot, up, ctx.res);
       }
       ctx.fromUpstream = true;
       ctx.upstreamMs = performance.now() - ctx.startedAt;

@@ -45,7 +45,9 @@ export function createStoreStage(
         c?.flight?.release("failed");
         return plan;
       }
-      if (isUnsafe(ctx.method) && plan.status < 400) {
+      // RFC 9111 §4.4, except for a POST made a cache candidate (route or plugin): it is a query keyed by its
+      // body, and purging its URI would drop the entries of every other body sent to it.
+      if (isUnsafe(ctx.method) && plan.status < 400 && !(ctx.method === "POST" && c)) {
         const host = ctx.req.headers.host ?? "";
         const urls = [`${host}${ctx.url}`];
         for (const h of [plan.headers.location, plan.headers["content-location"]]) {

@@ -5,13 +5,17 @@ import { BlockList, isIP } from "node:net";
 export class TrustedProxies {
   private readonly list = new BlockList();
   private readonly empty: boolean;
+  /** Exact addresses answered without BlockList (which allocates per check): the common "127.0.0.1" case. */
+  private readonly exact = new Set<string>();
 
   constructor(entries: readonly string[]) {
     for (const e of entries) {
       const [addr, bits] = e.split("/") as [string, string | undefined];
       const type = isIP(addr) === 6 ? "ipv6" : "ipv4";
-      if (bits === undefined) this.list.addAddress(addr, type);
-      else this.list.addSubnet(addr, Number(bits), type);
+      if (bits === undefined) {
+        this.list.addAddress(addr, type);
+        this.exact.add(addr);
+      } else this.list.addSubnet(addr, Number(bits), type);
     }
     this.empty = entries.length === 0;
   }
@@ -19,6 +23,7 @@ export class TrustedProxies {
   has(address: string): boolean {
     if (this.empty || !address) return false;
     const plain = unmapIPv4(address);
+    if (this.exact.has(plain)) return true;
     const family = isIP(plain);
     if (family === 0) return false;
     return this.list.check(plain, family === 6 ? "ipv6" : "ipv4");

@@ -5,8 +5,8 @@
 import http, { type ClientRequest, type IncomingMessage, type ServerResponse } from "node:http";
 import https from "node:https";
 import type { Socket } from "node:net";
-import { Readable, type Stream } from "node:stream";
-import { createProxyServer, type ProxyServer } from "http-proxy-3";
+import { Readable } from "node:stream";
+import { createProxyServer, type ProxyServer, type ServerOptions } from "http-proxy-3";
 import { ProxyError } from "../errors.js";
 import type { Upstream } from "../routing.js";
 
@@ -77,136 +77,187 @@ function hasBody(req: IncomingMessage): boolean {
   return req.headers["transfer-encoding"] !== undefined || (len !== undefined && len !== "0");
 }
 
+const kExchange = Symbol("cachegate.exchange");
+type WithExchange = IncomingMessage & { [kExchange]?: Exchange };
+
+/**
+ * One forwarded request. A class rather than a closure-per-callback: the forward path runs for every miss, and
+ * http-proxy-3's server-wide events (`proxyReq`, `proxyRes`, `error`, `econnreset`) find it on the request.
+ */
+class Exchange {
+  settled = false;
+  attempt = 0;
+  proxyReq: ClientRequest | undefined;
+  private responseTimer: NodeJS.Timeout | undefined;
+  private connectTimer: NodeJS.Timeout | undefined;
+  private resolve!: (r: UpstreamResponse) => void;
+  private reject!: (e: ProxyError) => void;
+  private readonly started = performance.now();
+
+  constructor(
+    private readonly forwarder: Forwarder,
+    readonly req: WithExchange,
+    readonly res: ServerResponse,
+    readonly upstream: Upstream,
+  ) {}
+
+  start(options: ServerOptions): Promise<UpstreamResponse> {
+    const promise = new Promise<UpstreamResponse>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+    const t = this.upstream.config.timeouts.response;
+    if (t > 0) this.responseTimer = setTimeout(this.onResponseTimeout, t);
+    this.req[kExchange] = this;
+    this.send(options);
+    return promise;
+  }
+
+  send(options: ServerOptions): void {
+    this.attempt++;
+    this.forwarder.web(this.req, this.res, options);
+  }
+
+  onProxyReq(cr: ClientRequest, socket: Socket): void {
+    if (this.settled) {
+      cr.destroy(); // answered already (timed out while queued for a pooled socket)
+      return;
+    }
+    this.proxyReq = cr;
+    const t = this.upstream.config.timeouts.connect;
+    if (t > 0 && socket.connecting) {
+      this.connectTimer = setTimeout(this.onConnectTimeout, t);
+      socket.once("connect", this.clearConnectTimer);
+    }
+  }
+
+  onResponse(proxyRes: IncomingMessage): void {
+    const cr = this.proxyReq;
+    if (this.settled) {
+      proxyRes.destroy();
+      return;
+    }
+    this.settled = true;
+    this.clearTimers();
+    // Idle limit for the body phase; event streams may legitimately be silent for long (0 = none).
+    const t = this.upstream.config.timeouts;
+    const idle = this.forwarder.isEventStream(proxyRes.headers) ? t.streamIdle : t.idle;
+    if (cr) {
+      cr.setTimeout(idle);
+      if (idle > 0) cr.once("timeout", this.onIdleTimeout);
+    }
+    this.resolve({
+      status: proxyRes.statusCode ?? 502,
+      statusMessage: proxyRes.statusMessage ?? "",
+      headers: proxyRes.headers,
+      body: proxyRes,
+      ttfbMs: performance.now() - this.started,
+    });
+  }
+
+  onError(err: CodedError): void {
+    if (this.settled) {
+      this.proxyReq?.destroy(err);
+      return;
+    }
+    const req = this.req;
+    const retry =
+      this.attempt === 1 &&
+      this.proxyReq?.reusedSocket === true &&
+      RESET.has(err.code ?? "") &&
+      RETRYABLE_METHODS.has(req.method ?? "") &&
+      !hasBody(req);
+    if (retry) {
+      // RFC 9110 §9.2.2: a body-less idempotent request met a pooled socket the upstream had closed; once more.
+      this.proxyReq = undefined;
+      this.send({ ...this.forwarder.optionsFor(this.upstream), buffer: Readable.from([]) });
+      return;
+    }
+    this.fail(toProxyError(err, this.upstream));
+  }
+
+  /** The client went away before the upstream answered (http-proxy-3 destroyed the upstream request). */
+  onClientGone(): void {
+    this.fail(new ProxyError("client_closed"));
+  }
+
+  private fail(err: ProxyError): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.clearTimers();
+    this.reject(err);
+  }
+
+  private clearTimers(): void {
+    if (this.responseTimer) clearTimeout(this.responseTimer);
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+  }
+
+  private readonly clearConnectTimer = (): void => {
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+  };
+
+  private readonly onResponseTimeout = (): void => {
+    const err = coded("UPSTREAM_RESPONSE_TIMEOUT", "response timeout");
+    if (this.proxyReq) this.proxyReq.destroy(err);
+    else this.fail(toProxyError(err, this.upstream)); // still queued for a pooled socket
+  };
+
+  private readonly onConnectTimeout = (): void => {
+    this.proxyReq?.destroy(coded("UPSTREAM_CONNECT_TIMEOUT", "connect timeout"));
+  };
+
+  private readonly onIdleTimeout = (): void => {
+    this.proxyReq?.destroy(coded("UPSTREAM_IDLE_TIMEOUT", "idle timeout"));
+  };
+}
+
 export class Forwarder {
   private readonly proxy: ProxyServer;
+  private readonly options = new WeakMap<Upstream, ServerOptions>();
 
   constructor(private readonly opts: ForwardOptions) {
     this.proxy = createProxyServer({ xfwd: false, ws: true, selfHandleResponse: true });
-    // Without a listener http-proxy-3 rethrows errors as uncaught exceptions; every call passes its own callback,
-    // so anything arriving here belongs to a request already answered.
-    this.proxy.on("error", () => {});
+    const ex = (req: IncomingMessage) => (req as WithExchange)[kExchange];
+    this.proxy.on("proxyReq", (proxyReq, req, _res, _options, socket) =>
+      ex(req)?.onProxyReq(proxyReq, socket),
+    );
+    this.proxy.on("proxyRes", (proxyRes, req) => ex(req)?.onResponse(proxyRes));
+    // Without an error listener http-proxy-3 rethrows errors as uncaught exceptions.
+    this.proxy.on("error", (err, req) => ex(req)?.onError(err as CodedError));
+    this.proxy.on("econnreset", (_err, req) => ex(req)?.onClientGone());
   }
 
-  /** Forwards `req` to `upstream`; resolves with the response headers and a body stream. */
+  isEventStream(headers: IncomingMessage["headers"]): boolean {
+    return this.opts.isEventStream(headers);
+  }
+
+  /** The per-upstream call options, built once (http-proxy-3 merges them into each call). */
+  optionsFor(upstream: Upstream): ServerOptions {
+    let o = this.options.get(upstream);
+    if (!o) {
+      o = { target: upstream.url, agent: upstream.agent, changeOrigin: !upstream.config.preserveHost };
+      this.options.set(upstream, o);
+    }
+    return o;
+  }
+
+  web(req: IncomingMessage, res: ServerResponse, options: ServerOptions): void {
+    this.proxy.web(req, res, options);
+  }
+
+  /**
+   * Forwards `req` to `upstream`; resolves with the response headers and a body stream. `body` replaces the
+   * request stream when a stage has already read it (a keyed POST body).
+   */
   forward(
     req: IncomingMessage,
     res: ServerResponse,
     upstream: Upstream,
-    body: Readable | IncomingMessage = req,
+    body?: Readable,
   ): Promise<UpstreamResponse> {
-    const started = performance.now();
-    const t = upstream.config.timeouts;
-    return new Promise<UpstreamResponse>((resolve, reject) => {
-      let settled = false;
-      let attempt = 0;
-      let proxyReq: ClientRequest | undefined;
-      let connectTimer: NodeJS.Timeout | undefined;
-
-      const responseTimer =
-        t.response > 0
-          ? setTimeout(() => {
-              const err = coded("UPSTREAM_RESPONSE_TIMEOUT", "response timeout");
-              if (proxyReq) proxyReq.destroy(err);
-              else fail(err);
-            }, t.response)
-          : undefined;
-
-      const clearTimers = () => {
-        if (responseTimer) clearTimeout(responseTimer);
-        if (connectTimer) clearTimeout(connectTimer);
-      };
-
-      const fail = (err: CodedError) => {
-        if (settled) return;
-        settled = true;
-        clearTimers();
-        reject(toProxyError(err, upstream));
-      };
-
-      // The client went away before the upstream answered: http-proxy-3 destroys the upstream request.
-      res.once("close", () => {
-        if (!settled) {
-          settled = true;
-          clearTimers();
-          proxyReq?.destroy();
-          reject(new ProxyError("client_closed"));
-        }
-      });
-
-      const onProxyReq = (cr: ClientRequest) => {
-        proxyReq = cr;
-        cr.once("socket", (socket: Socket) => {
-          if (t.connect > 0 && socket.connecting) {
-            connectTimer = setTimeout(
-              () => cr.destroy(coded("UPSTREAM_CONNECT_TIMEOUT", "connect timeout")),
-              t.connect,
-            );
-            socket.once("connect", () => clearTimeout(connectTimer));
-          }
-        });
-        cr.once("response", (proxyRes: IncomingMessage) => {
-          if (settled) {
-            proxyRes.destroy();
-            return;
-          }
-          settled = true;
-          clearTimers();
-          // Idle limit for the body phase; event streams may legitimately be silent for long (0 = none).
-          const idle = this.opts.isEventStream(proxyRes.headers) ? t.streamIdle : t.idle;
-          cr.setTimeout(
-            idle,
-            idle > 0 ? () => cr.destroy(coded("UPSTREAM_IDLE_TIMEOUT", "idle timeout")) : undefined,
-          );
-          resolve({
-            status: proxyRes.statusCode ?? 502,
-            statusMessage: proxyRes.statusMessage ?? "",
-            headers: proxyRes.headers,
-            body: proxyRes,
-            ttfbMs: performance.now() - started,
-          });
-        });
-      };
-
-      const send = (body: Readable | IncomingMessage) => {
-        attempt++;
-        // http-proxy-3 pipes `buffer` into the upstream request synchronously; this is where we meet that request.
-        const source: Pick<Stream, "pipe"> = {
-          pipe: <T extends NodeJS.WritableStream>(dest: T): T => {
-            onProxyReq(dest as unknown as ClientRequest);
-            return body.pipe(dest);
-          },
-        };
-        this.proxy.web(
-          req,
-          res,
-          {
-            target: upstream.url,
-            agent: upstream.agent,
-            changeOrigin: !upstream.config.preserveHost,
-            buffer: source as Stream,
-          },
-          (err: CodedError) => {
-            if (settled) {
-              proxyReq?.destroy(err);
-              return;
-            }
-            const retry =
-              attempt === 1 &&
-              proxyReq?.reusedSocket === true &&
-              RESET.has(err.code ?? "") &&
-              RETRYABLE_METHODS.has(req.method ?? "") &&
-              !hasBody(req);
-            if (retry) {
-              proxyReq = undefined;
-              send(Readable.from([]));
-              return;
-            }
-            fail(err);
-          },
-        );
-      };
-      send(body);
-    });
+    const base = this.optionsFor(upstream);
+    return new Exchange(this, req, res, upstream).start(body ? { ...base, buffer: body } : base);
   }
 
   /**

@@ -307,6 +307,8 @@ describe("POST caching by canonical JSON body", () => {
     assert.equal(a.headers["x-cache"], "MISS");
     assert.equal(b.headers["x-cache"], "HIT");
     assert.equal(c.headers["x-cache"], "MISS");
+    const again = await post(`${gate.url}/run`, '{"query":"hi","inputs":{"a":1,"b":2}}');
+    assert.equal(again.headers["x-cache"], "HIT", "a cached POST to the same URI does not invalidate it");
     assert.equal(up.hits(), 2);
   });
 

@@ -1,0 +1,173 @@
+// One circuit breaker (opossum) per upstream. Knows nothing of HTTP: the forward stage runs each upstream call
+// through `run`, the breaker stage asks `admits()` before queueing for a slot, and metrics and logs listen to the
+// "transition" events emitted here.
+//
+// What counts:
+//   failure      a 5xx response (it still goes to the client), upstream_timeout, upstream_unreachable,
+//                upstream_reset, upstream_bad_response
+//   not counted  1xx-4xx responses (429 included: the adaptive limiter handles "slow down"), a client that went
+//                away (client_closed), anything else we threw ourselves
+// The breaker opens when, within `rollingWindow`, at least `volumeThreshold` calls were made and more than
+// `errorThresholdPercentage` % of them failed. After `resetTimeout` it is half-open: exactly one request (the
+// probe; opossum's own rule) goes upstream while every other fails fast; the probe's success closes the breaker,
+// its failure opens it for another `resetTimeout`. A probe whose client left before the upstream answered proves
+// nothing, so in half-open state client_closed counts as a failure (open again) rather than as a success.
+//
+// Options we never use (../shared/LIBRARIES.md §2): opossum's `timeout` (the forwarder has its own connect and
+// response timeouts, and opossum's would abandon calls that are still running), `capacity` (its rejections count as
+// failures, so overload would trip the breaker — concurrency is upstream-limiter.ts's job), and the breaker-wide
+// AbortController (one timeout there aborts every unrelated call in flight).
+import { EventEmitter } from "node:events";
+import CircuitBreaker from "opossum";
+import type { UpstreamConfig } from "../../config/schema.js";
+import { ProxyError } from "../errors.js";
+
+export type BreakerState = "closed" | "half-open" | "open";
+
+export const BREAKER_STATE_VALUE: Readonly<Record<BreakerState, number>> = Object.freeze({
+  closed: 0,
+  "half-open": 1,
+  open: 2,
+});
+
+export interface BreakerEvents {
+  transition: [{ upstream: string; from: BreakerState; to: BreakerState }];
+}
+
+type BreakerConfig = UpstreamConfig["breaker"];
+
+const FAILURE_CODES: ReadonlySet<string> = new Set([
+  "upstream_timeout",
+  "upstream_unreachable",
+  "upstream_reset",
+  "upstream_bad_response",
+]);
+
+/** A response that counts as a failure (5xx) but is still the answer: it travels through opossum inside this. */
+class FailedResult<T> extends Error {
+  constructor(readonly result: T) {
+    super("upstream answered with a server error");
+  }
+}
+
+type Call = () => Promise<unknown>;
+
+export class UpstreamBreaker {
+  private readonly cb: CircuitBreaker<[Call], unknown>;
+  private previous: BreakerState = "closed";
+  private openedAt = 0;
+
+  constructor(
+    readonly upstream: string,
+    private readonly cfg: BreakerConfig,
+    emitter: EventEmitter<BreakerEvents>,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.cb = new CircuitBreaker<[Call], unknown>((call: Call) => call(), {
+      name: upstream,
+      timeout: false,
+      resetTimeout: cfg.resetTimeout,
+      errorThresholdPercentage: cfg.errorThresholdPercentage,
+      volumeThreshold: cfg.volumeThreshold,
+      rollingCountTimeout: cfg.rollingWindow,
+      rollingCountBuckets: cfg.rollingBuckets,
+      rollingPercentilesEnabled: false,
+      // Returning true means "not a failure" (opossum then reports a success, which closes a half-open breaker).
+      errorFilter: (err: unknown) => !this.isFailure(err),
+    });
+    const moved = (to: BreakerState) => {
+      const from = this.previous;
+      this.previous = to;
+      if (to === "open") this.openedAt = this.now();
+      if (from !== to) emitter.emit("transition", { upstream, from, to });
+    };
+    this.cb.on("open", () => moved("open"));
+    this.cb.on("halfOpen", () => moved("half-open"));
+    this.cb.on("close", () => moved("closed"));
+  }
+
+  private isFailure(err: unknown): boolean {
+    if (err instanceof FailedResult) return true;
+    if (!(err instanceof ProxyError)) return false;
+    if (err.code === "client_closed") return this.cb.halfOpen;
+    return FAILURE_CODES.has(err.code);
+  }
+
+  state(): BreakerState {
+    if (this.cb.closed) return "closed";
+    return this.cb.halfOpen ? "half-open" : "open";
+  }
+
+  /** Whether a request may go upstream now: closed, or half-open with the probe not yet taken. */
+  admits(): boolean {
+    return this.cb.closed || (this.cb.halfOpen && this.cb.pendingClose);
+  }
+
+  /** Whole seconds until a probe may go upstream (at least 1). */
+  retryAfterSeconds(): number {
+    if (this.state() !== "open") return 1;
+    const left = this.openedAt + this.cfg.resetTimeout - this.now();
+    return Math.max(1, Math.ceil(left / 1000));
+  }
+
+  /** The refusal given while the breaker is open, with Retry-After. */
+  openError(): ProxyError {
+    return new ProxyError(
+      "upstream_circuit_open",
+      `upstream "${this.upstream}" is failing; requests are refused until it recovers`,
+      { "retry-after": String(this.retryAfterSeconds()) },
+    );
+  }
+
+  /**
+   * Runs `call` through the breaker. Its result is returned even when `isFailure` says it counts as a failure
+   * (a 5xx goes to the client all the same). Rejects with 503 upstream_circuit_open when the breaker refuses.
+   */
+  async run<T>(call: () => Promise<T>, isFailure: (result: T) => boolean): Promise<T> {
+    try {
+      return (await this.cb.fire(async () => {
+        const result = await call();
+        if (isFailure(result)) throw new FailedResult(result);
+        return result;
+      })) as T;
+    } catch (err) {
+      if (err instanceof FailedResult) return err.result as T;
+      if ((err as { code?: unknown }).code === "EOPENBREAKER") throw this.openError();
+      throw err;
+    }
+  }
+
+  /** opossum's rolling counts (fires, failures, successes, rejects …), for tests and debugging. */
+  stats(): CircuitBreaker.Stats {
+    return this.cb.stats;
+  }
+
+  shutdown(): void {
+    this.cb.shutdown();
+  }
+}
+
+/** Every upstream's breaker (upstreams with `breaker.enabled: false` have none). */
+export class Breakers extends EventEmitter<BreakerEvents> {
+  private readonly breakers = new Map<string, UpstreamBreaker>();
+
+  constructor(upstreams: readonly UpstreamConfig[], now?: () => number) {
+    super();
+    for (const u of upstreams) {
+      if (u.breaker.enabled) this.breakers.set(u.name, new UpstreamBreaker(u.name, u.breaker, this, now));
+    }
+  }
+
+  get(upstream: string): UpstreamBreaker | undefined {
+    return this.breakers.get(upstream);
+  }
+
+  [Symbol.iterator](): IterableIterator<UpstreamBreaker> {
+    return this.breakers.values();
+  }
+
+  /** Clears opossum's timers (rolling window, reset timeout). */
+  shutdown(): void {
+    for (const b of this.breakers.values()) b.shutdown();
+  }
+}
