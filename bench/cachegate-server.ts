@@ -9,10 +9,17 @@ import { announce, exitOnParentSignal, requireEnv } from "./child.js";
 const upstream = requireEnv("BENCH_UPSTREAM_URL");
 
 // An empty env: CACHEGATE_* variables of the shell that runs the benchmark must not change what is measured.
-const { config } = loadConfig(
-  { upstream, host: "127.0.0.1", port: "0", adminPort: "0", logLevel: "info" },
-  {},
-);
+const loaded = loadConfig({ upstream, host: "127.0.0.1", port: "0", adminPort: "0", logLevel: "info" }, {});
+// BENCH_CACHE_HITS=1: the catch-all route caches everything for 60 s, so the load measures memory-tier hits.
+const config = process.env.BENCH_CACHE_HITS
+  ? {
+      ...loaded.config,
+      routes: loaded.config.routes.map((r) => ({
+        ...r,
+        cache: { ...r.cache, mode: "override" as const, ttl: 60_000 },
+      })),
+    }
+  : loaded.config;
 const destination = pino.destination({ dest: "/dev/null", sync: false });
 const logger = createLogger(config.log.level, destination);
 const gate = await startCachegate(config, { logger, defaultMetrics: true });

@@ -32,8 +32,10 @@ const ROOT = resolve(BENCH_DIR, import.meta.url.endsWith(".js") ? "../.." : ".."
 /** The issue's bar: cachegate pass-through at >= 0.8x the requests/s of bare http-proxy-3. */
 const TARGET_RATIO = 0.8;
 
-type TargetName = "direct" | "http-proxy-3" | "cachegate";
-const ALL_TARGETS: readonly TargetName[] = ["direct", "http-proxy-3", "cachegate"];
+type TargetName = "direct" | "http-proxy-3" | "cachegate" | "cachegate-hits";
+// cachegate-hits: the same cachegate with the route's cache forced on (override, 60 s): after the warm-up's first
+// request every request is a memory-tier hit. 'direct' (a node:http server answering a prebuilt body) is the ceiling.
+const ALL_TARGETS: readonly TargetName[] = ["direct", "http-proxy-3", "cachegate", "cachegate-hits"];
 
 interface Settings {
   durationS: number;
@@ -384,7 +386,14 @@ async function main(): Promise<number> {
     proxies.map((t) =>
       t === "http-proxy-3"
         ? startChild(t, "bare-proxy.ts", env, profArgs("http-proxy-3"))
-        : startChild(t, "cachegate-server.ts", env, profArgs("cachegate")),
+        : t === "cachegate-hits"
+          ? startChild(
+              t,
+              "cachegate-server.ts",
+              { ...env, BENCH_CACHE_HITS: "1" },
+              profArgs("cachegate-hits"),
+            )
+          : startChild(t, "cachegate-server.ts", env, profArgs("cachegate")),
     ),
   );
   const urls = new Map<TargetName, string>([["direct", upstream.url]]);
@@ -453,7 +462,9 @@ async function main(): Promise<number> {
   const gate = by.get("cachegate");
   const bare = by.get("http-proxy-3");
   const direct = by.get("direct");
+  const hits = by.get("cachegate-hits");
   const ratios = {
+    cachegateHitsVsDirect: hits && direct ? hits.rps / direct.rps : undefined,
     cachegateVsHttpProxy3: gate && bare ? gate.rps / bare.rps : undefined,
     cachegateVsDirect: gate && direct ? gate.rps / direct.rps : undefined,
     httpProxy3VsDirect: bare && direct ? bare.rps / direct.rps : undefined,
@@ -465,6 +476,10 @@ async function main(): Promise<number> {
     console.log(`cachegate / http-proxy-3 req/s: ${ratios.cachegateVsHttpProxy3.toFixed(2)}x`);
   if (ratios.cachegateVsDirect !== undefined)
     console.log(`cachegate / direct req/s:       ${ratios.cachegateVsDirect.toFixed(2)}x`);
+  if (ratios.cachegateHitsVsDirect !== undefined)
+    console.log(
+      `cachegate hits / direct req/s:  ${ratios.cachegateHitsVsDirect.toFixed(2)}x (the Node ceiling)`,
+    );
   if (ratios.httpProxy3VsDirect !== undefined)
     console.log(`http-proxy-3 / direct req/s:    ${ratios.httpProxy3VsDirect.toFixed(2)}x`);
   if (ratios.cpuPerRequestCachegateVsHttpProxy3 !== undefined) {

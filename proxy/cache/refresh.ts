@@ -58,7 +58,7 @@ export class BackgroundRefresher implements Refresher {
     const body = c.body;
     const { flights, forwarder, writer, cache, logger } = this.deps;
 
-    void flights.acquire(`refresh:${key}`).then(async (flight) => {
+    void Promise.resolve(flights.acquire(`refresh:${key}`)).then(async (flight) => {
       if (flight.role !== "leader") return; // someone (here or elsewhere) is refreshing this key already
       let outcome: "stored" | "revalidated" | "uncacheable" | "failed" = "failed";
       try {

@@ -101,8 +101,11 @@ export class SingleFlight {
     return this.led;
   }
 
-  /** `leaseMs` overrides the configured lease for this key (a long LLM stream needs a longer one). */
-  async acquire(key: string, leaseMs: number = this.opts.leaseMs): Promise<Leader | Follower> {
+  /**
+   * `leaseMs` overrides the configured lease for this key (a long LLM stream needs a longer one). Without Redis the
+   * answer is synchronous (no promise on the miss path); with Redis the lease SET makes it a promise.
+   */
+  acquire(key: string, leaseMs: number = this.opts.leaseMs): Leader | Follower | Promise<Leader | Follower> {
     const existing = this.flights.get(key);
     if (existing) return this.follower(existing);
     // Registered before any await, so every acquire from here on follows this flight.
@@ -119,6 +122,14 @@ export class SingleFlight {
     this.flights.set(key, flight);
     const redis = this.opts.redis;
     if (!redis || this.closed) return this.lead(flight);
+    return this.acquireLease(flight, redis);
+  }
+
+  private async acquireLease(
+    flight: Flight,
+    redis: NonNullable<SingleFlightOptions["redis"]>,
+  ): Promise<Leader | Follower> {
+    const key = flight.key;
 
     const leaseKey = this.leaseKey(key);
     const lease = `${this.opts.instanceId}:${++this.nonce}`;

