@@ -52,10 +52,12 @@ const { config } = loadConfig({ config: file }, {});
 const logger = createLogger(config.log.level, pino.destination({ dest: "/dev/null", sync: false }));
 const gate = await startCachegate(config, { logger, defaultMetrics: true });
 
-// The parent reads the limiter's counters at the end: proof that requests went through it (or not).
+// The parent reads this process's CPU time around each run (CPU per request is steadier than requests/s on a busy
+// machine) and the limiter's counters at the end: proof that requests went through it.
 process.on("SIGUSR2", () => {
   const l = gate.limiters.get("bench");
-  process.stdout.write(`${JSON.stringify({ stats: l ? l.stats() : null })}\n`);
+  const cpu = process.cpuUsage();
+  process.stdout.write(`${JSON.stringify({ stats: l ? l.stats() : null, cpuUs: cpu.user + cpu.system })}\n`);
 });
 
 announce(`cachegate-${variant}`, gate.port);

@@ -40,7 +40,8 @@ function intEnv(name: string, fallback: number, min: number, max: number): numbe
 const settings = (() => {
   const wanted = (process.env.BENCH_TARGETS ?? ALL.join(",")).split(",").map((s) => s.trim());
   for (const t of wanted) {
-    if (!ALL.includes(t as Target)) throw new Error(`BENCH_TARGETS: unknown "${t}" (known: ${ALL.join(", ")})`);
+    if (!ALL.includes(t as Target))
+      throw new Error(`BENCH_TARGETS: unknown "${t}" (known: ${ALL.join(", ")})`);
   }
   return {
     durationS: intEnv("BENCH_DURATION", 10, 1, 120),
@@ -67,7 +68,10 @@ function startChild(name: string, file: string, env: Record<string, string>): Pr
   });
   children.push(proc);
   return new Promise((resolvePromise, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${name}: no port within ${STARTUP_TIMEOUT_MS} ms`)), STARTUP_TIMEOUT_MS);
+    const timer = setTimeout(
+      () => reject(new Error(`${name}: no port within ${STARTUP_TIMEOUT_MS} ms`)),
+      STARTUP_TIMEOUT_MS,
+    );
     proc.once("exit", (code) => {
       clearTimeout(timer);
       reject(new Error(`${name} exited before it was ready (code ${code})`));
@@ -138,7 +142,10 @@ function cannon(url: string, durationS: number): Promise<autocannon.Result> {
       },
     );
     const stop = setTimeout(() => instance.stop(), (durationS + 15) * 1000);
-    const giveUp = setTimeout(() => reject(new Error(`autocannon ${url} did not finish`)), (durationS + 20) * 1000);
+    const giveUp = setTimeout(
+      () => reject(new Error(`autocannon ${url} did not finish`)),
+      (durationS + 20) * 1000,
+    );
   });
 }
 
@@ -148,13 +155,18 @@ function median(values: number[]): number {
   return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
 }
 
-/** The limiter's counters in a child, asked for with SIGUSR2. */
-async function limiterStats(child: Child): Promise<unknown> {
+interface Probe {
+  stats: unknown;
+  cpuUs: number;
+}
+
+/** The child's CPU time and limiter counters, asked for with SIGUSR2. */
+async function probe(child: Child): Promise<Probe | undefined> {
   const before = child.lines.length;
   child.proc.kill("SIGUSR2");
-  for (let i = 0; i < 50 && child.lines.length === before; i++) await new Promise((r) => setTimeout(r, 20));
+  for (let i = 0; i < 100 && child.lines.length === before; i++) await new Promise((r) => setTimeout(r, 20));
   const line = child.lines.slice(before).find((l) => l.startsWith('{"stats"'));
-  return line ? (JSON.parse(line) as { stats: unknown }).stats : undefined;
+  return line ? (JSON.parse(line) as Probe) : undefined;
 }
 
 interface Run {
@@ -165,6 +177,8 @@ interface Run {
   p99Ms: number;
   errors: number;
   non2xx: number;
+  /** CPU time of the cachegate process per request answered, µs. */
+  cpuUsPerRequest: number;
 }
 
 async function main(): Promise<number> {
@@ -190,7 +204,10 @@ async function main(): Promise<number> {
   for (let round = 1; round <= rounds; round++) {
     const order = round % 2 === 1 ? targets : [...targets].reverse();
     for (const t of order) {
-      const r = await cannon((gates.get(t) as Child).url, durationS);
+      const gate = gates.get(t) as Child;
+      const cpuBefore = (await probe(gate))?.cpuUs ?? Number.NaN;
+      const r = await cannon(gate.url, durationS);
+      const cpuAfter = (await probe(gate))?.cpuUs ?? Number.NaN;
       const run: Run = {
         target: t,
         round,
@@ -199,11 +216,12 @@ async function main(): Promise<number> {
         p99Ms: r.latency.p99,
         errors: r.errors + r.timeouts,
         non2xx: r.non2xx,
+        cpuUsPerRequest: (cpuAfter - cpuBefore) / Math.max(1, r.requests.total),
       };
       runs.push(run);
       console.log(
         `round ${round}/${rounds} ${t.padEnd(10)} ${run.rps.toFixed(0).padStart(7)} req/s  p50 ${run.p50Ms} ms  ` +
-          `p99 ${run.p99Ms} ms  errors ${run.errors}  non-2xx ${run.non2xx}`,
+          `p99 ${run.p99Ms} ms  cpu ${run.cpuUsPerRequest.toFixed(0)} µs/req  errors ${run.errors}  non-2xx ${run.non2xx}`,
       );
     }
   }
@@ -215,6 +233,7 @@ async function main(): Promise<number> {
       rps: median(mine.map((r) => r.rps)),
       p50Ms: median(mine.map((r) => r.p50Ms)),
       p99Ms: median(mine.map((r) => r.p99Ms)),
+      cpuUsPerRequest: median(mine.map((r) => r.cpuUsPerRequest)),
       errors: mine.reduce((n, r) => n + r.errors, 0),
       non2xx: mine.reduce((n, r) => n + r.non2xx, 0),
     };
@@ -223,11 +242,11 @@ async function main(): Promise<number> {
   for (const s of summary) {
     console.log(
       `  ${s.target.padEnd(10)} ${s.rps.toFixed(0).padStart(7)} req/s  p50 ${s.p50Ms} ms  p99 ${s.p99Ms} ms  ` +
-        `errors ${s.errors}  non-2xx ${s.non2xx}`,
+        `cpu ${s.cpuUsPerRequest.toFixed(0)} µs/req  errors ${s.errors}  non-2xx ${s.non2xx}`,
     );
   }
   const stats: Record<string, unknown> = {};
-  for (const [t, g] of gates) if (t !== "no-limiter") stats[t] = await limiterStats(g);
+  for (const [t, g] of gates) if (t !== "no-limiter") stats[t] = (await probe(g))?.stats;
   console.log(`limiter counters at the end: ${JSON.stringify(stats)}`);
 
   const rps = (t: Target) => summary.find((s) => s.target === t)?.rps;
@@ -235,9 +254,19 @@ async function main(): Promise<number> {
   const without = rps("no-limiter");
   const unpatched = rps("unpatched");
   const ratio = withL !== undefined && without !== undefined ? withL / without : undefined;
+  const cpu = (t: Target) => summary.find((s) => s.target === t)?.cpuUsPerRequest;
+  const cpuRatio =
+    cpu("limiter") !== undefined && cpu("no-limiter") !== undefined
+      ? (cpu("no-limiter") as number) / (cpu("limiter") as number)
+      : undefined;
   if (ratio !== undefined) {
     console.log(
       `limiter / no-limiter req/s: ${ratio.toFixed(2)}x — target >= ${TARGET_RATIO}x: ${ratio >= TARGET_RATIO ? "MET" : "NOT MET"}`,
+    );
+  }
+  if (cpuRatio !== undefined) {
+    console.log(
+      `no-limiter / limiter CPU per request (the req/s ratio a CPU-bound proxy would see): ${cpuRatio.toFixed(2)}x`,
     );
   }
   if (unpatched !== undefined && without !== undefined) {
@@ -252,7 +281,7 @@ async function main(): Promise<number> {
     machine: { node: process.version, cpus: os.cpus().length, loadAverageAtEnd: os.loadavg() },
     settings,
     summary,
-    ratio: { limiterVsNoLimiter: ratio, target: TARGET_RATIO },
+    ratio: { limiterVsNoLimiter: ratio, cpuPerRequestNoLimiterVsLimiter: cpuRatio, target: TARGET_RATIO },
     limiterStats: stats,
     runs,
   };

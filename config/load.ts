@@ -16,6 +16,7 @@ export interface ConfigFlags {
   redis?: string;
   plugin?: string[];
   logLevel?: string;
+  workers?: string;
 }
 
 export class ConfigError extends Error {
@@ -39,6 +40,7 @@ const ENV_FLAGS: ReadonlyArray<[env: string, flag: keyof ConfigFlags, cli: strin
   ["CACHEGATE_REDIS_URL", "redis", "--redis"],
   ["CACHEGATE_PLUGINS", "plugin", "--plugin"],
   ["CACHEGATE_LOG_LEVEL", "logLevel", "--log-level"],
+  ["CACHEGATE_WORKERS", "workers", "--workers"],
 ];
 
 type Raw = Record<string, unknown>;
@@ -169,6 +171,15 @@ export function loadConfig(flags: ConfigFlags, env: NodeJS.ProcessEnv = process.
     overrides.push({ path: ["redis", "url"], value: merged.redis, source: src("redis") });
   if (merged.logLevel !== undefined) {
     overrides.push({ path: ["log", "level"], value: merged.logLevel, source: src("logLevel") });
+  }
+  if (merged.workers !== undefined) {
+    const w =
+      merged.workers === "auto"
+        ? "auto"
+        : /^\d+$/.test(merged.workers)
+          ? Number(merged.workers)
+          : merged.workers;
+    overrides.push({ path: ["workers"], value: w, source: src("workers") });
   }
   if (merged.plugin !== undefined)
     overrides.push({ path: ["plugins"], value: merged.plugin, source: src("plugin") });

@@ -334,6 +334,8 @@ export const configSchema = z
       })
       .prefault({}),
     log: z.strictObject({ level: logLevel.default("info") }).prefault({}),
+    /** Worker processes behind the one proxy port (node:cluster); "auto" = one per CPU core. */
+    workers: z.union([z.number().int().min(1).max(256), z.literal("auto")]).default(1),
     redis: redisSchema,
     limits: limitsSchema.prefault({}),
     cache: cacheGlobalSchema,

@@ -15,6 +15,7 @@ Options:
       --redis URL        Redis for the shared cache tier (env CACHEGATE_REDIS_URL)
       --plugin NAME      load a plugin; repeatable (env CACHEGATE_PLUGINS, comma-separated)
       --log-level LEVEL  fatal|error|warn|info|debug|trace|silent (env CACHEGATE_LOG_LEVEL)
+      --workers N|auto   worker processes sharing the proxy port; auto = one per core (env CACHEGATE_WORKERS)
       --check-config     validate the configuration, print a summary and exit (0 valid, 1 invalid)
   -h, --help             show this help
   -v, --version          show the version
@@ -43,6 +44,7 @@ export function parseCli(argv: string[]): CliOptions {
       redis: { type: "string" },
       plugin: { type: "string", multiple: true },
       "log-level": { type: "string" },
+      workers: { type: "string" },
       "check-config": { type: "boolean" },
       help: { type: "boolean", short: "h" },
       version: { type: "boolean", short: "v" },
@@ -57,6 +59,7 @@ export function parseCli(argv: string[]): CliOptions {
   if (values.redis !== undefined) flags.redis = values.redis;
   if (values.plugin !== undefined) flags.plugin = values.plugin;
   if (values["log-level"] !== undefined) flags.logLevel = values["log-level"];
+  if (values.workers !== undefined) flags.workers = values.workers;
   return {
     flags,
     checkConfig: values["check-config"] === true,

@@ -1,8 +1,13 @@
 #!/usr/bin/env node
+import cluster from "node:cluster";
 // CLI entry: arguments → config → start → signals. Exit codes: 0 ok, 1 invalid config or failed start, 2 bad usage.
 import { existsSync, readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { ConfigError, loadConfig } from "../config/load.js";
+import type { Config } from "../config/schema.js";
 import { parseCli, USAGE } from "./cli.js";
+import { serveWorker, startPrimary } from "./cluster.js";
+import { createLogger } from "./observability/logger.js";
 import { PluginError } from "./plugins.js";
 import { startCachegate } from "./server.js";
 
@@ -50,9 +55,14 @@ async function main(): Promise<number> {
     return 0;
   }
 
+  const workers = config.workers === "auto" ? availableParallelism() : config.workers;
+  if (workers > 1 && cluster.isPrimary) return runPrimary(config, workers);
+  const worker = cluster.isWorker;
+
   let gate: Awaited<ReturnType<typeof startCachegate>>;
   try {
-    gate = await startCachegate(config);
+    // In a worker the primary owns the admin port (aggregated metrics, purge fan-out).
+    gate = await startCachegate(worker ? { ...config, admin: { ...config.admin, enabled: false } } : config);
   } catch (err) {
     if (err instanceof PluginError) {
       process.stderr.write(`cachegate: ${err.code}: ${err.message}\n`);
@@ -61,6 +71,7 @@ async function main(): Promise<number> {
     throw err;
   }
   const { logger } = gate;
+  if (worker) serveWorker(gate);
   process.on("uncaughtException", (err) => {
     logger.fatal({ err }, "uncaught exception; exiting");
     logger.flush();
@@ -71,6 +82,9 @@ async function main(): Promise<number> {
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: NodeJS.Signals) => {
+      // A worker may get the signal twice (systemd signals the whole group, then the primary relays it):
+      // only a second signal to a standalone process means "stop now".
+      if (stopping && worker) return;
       if (stopping) {
         logger.warn({ signal }, "second signal: exiting without waiting for in-flight requests");
         logger.flush();
@@ -91,9 +105,35 @@ async function main(): Promise<number> {
   });
 }
 
+/** The primary of `--workers N`: forks, restarts and drains the workers; serves the admin port. */
+async function runPrimary(config: Config, workers: number): Promise<number> {
+  const logger = createLogger(config.log.level);
+  const primary = await startPrimary(config, workers, logger);
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        logger.warn({ signal }, "second signal: exiting without waiting for the workers");
+        logger.flush();
+        process.exit(1);
+      }
+      stopping = true;
+      logger.info({ signal, workers: primary.workers() }, "draining workers");
+      primary.close(config.server.shutdownTimeout).then(
+        () => resolve(0),
+        () => resolve(1),
+      );
+    };
+    process.on("SIGTERM", stop);
+    process.on("SIGINT", stop);
+  });
+}
+
 main().then(
   (code) => {
     process.exitCode = code;
+    // A worker's IPC channel to the primary would keep it alive after draining.
+    if (cluster.isWorker) process.exit(code);
   },
   (err: unknown) => {
     process.stderr.write(`cachegate: failed to start: ${(err as Error).message}\n`);

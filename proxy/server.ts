@@ -9,11 +9,11 @@ import { type CacheService, createCacheService } from "./cache/cache-service.js"
 import type { RequestContext } from "./context.js";
 import { ERRORS, errorBody, ProxyError } from "./errors.js";
 import { ProxyEvents, type RequestSummary } from "./observability/events.js";
-import { createLogger, type Logger } from "./observability/logger.js";
+import { createAccessLog, createLogger, type Logger } from "./observability/logger.js";
 import { createMetrics, type Metrics } from "./observability/metrics.js";
 import { observeResilience } from "./observability/resilience.js";
-import { createClassifyStage } from "./pipeline/classify.js";
 import { createBreakerStage } from "./pipeline/breaker.js";
+import { createClassifyStage } from "./pipeline/classify.js";
 import { createCoalesceStage } from "./pipeline/coalesce.js";
 import { asProxyError, deliver, errorResponse, isEventStream } from "./pipeline/deliver.js";
 import { createForwardStage } from "./pipeline/forward.js";
@@ -178,10 +178,8 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
   const upgraded = new Set<Socket>();
   const deliverOpts = { closing: () => draining };
 
-  events.on("request:end", (s) => {
-    const level = s.error && s.status >= 500 ? "warn" : "info";
-    logger[level](s, "request");
-  });
+  const accessLog = createAccessLog(logger);
+  events.on("request:end", (s) => accessLog(s, s.error !== undefined && s.status >= 500));
 
   const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     inFlight++;

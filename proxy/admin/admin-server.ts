@@ -9,7 +9,8 @@ export type AdminHandler = (req: IncomingMessage, res: ServerResponse) => void |
 
 export interface AdminOptions {
   token: string | undefined;
-  registry: Registry;
+  /** A registry, or anything that renders one (the cluster primary's aggregate over its workers). */
+  registry: Pick<Registry, "metrics" | "contentType">;
   ready(): boolean;
   /** Extra token-protected endpoints, by "METHOD /path" (later issues: purge, reload, stats). */
   routes?: Record<string, AdminHandler>;

@@ -44,7 +44,14 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   return JSON.parse(Buffer.concat(chunks).toString("utf8"));
 }
 
-export function createPurgeHandler(invalidator: Invalidator, logger: Logger): AdminHandler {
+export type PurgeRequest = z.output<typeof purgeSchema>;
+
+/** What the purge endpoint drives: this process's invalidator, or (with --workers) a fan-out to every worker. */
+export interface Purger {
+  purge(request: PurgeRequest): Promise<{ memory: number; redis: number }>;
+}
+
+export function createPurgeHandler(invalidator: Purger | Invalidator, logger: Logger): AdminHandler {
   return async (req, res) => {
     let parsed: z.output<typeof purgeSchema>;
     try {

@@ -37,7 +37,10 @@ export function observeResilience(
     } else if (t.to === "closed") {
       logger.info({ upstream: t.upstream, from: t.from }, "circuit breaker closed: upstream recovered");
     } else {
-      logger.info({ upstream: t.upstream, from: t.from }, "circuit breaker half-open: one probe request allowed");
+      logger.info(
+        { upstream: t.upstream, from: t.from },
+        "circuit breaker half-open: one probe request allowed",
+      );
     }
   });
 
@@ -59,7 +62,11 @@ export function observeResilience(
     "Current concurrency limit per upstream (adaptive within [min, max]).",
     (s) => s.limit,
   );
-  gauge("cachegate_upstream_in_flight", "Upstream requests holding a slot (until their body ends).", (s) => s.inFlight);
+  gauge(
+    "cachegate_upstream_in_flight",
+    "Upstream requests holding a slot (until their body ends).",
+    (s) => s.inFlight,
+  );
   gauge("cachegate_upstream_queued", "Requests waiting for an upstream slot.", (s) => s.queued);
   gauge(
     "cachegate_upstream_latency_baseline_seconds",

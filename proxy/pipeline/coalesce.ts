@@ -6,6 +6,7 @@ import { evaluateFreshness, parseCacheControl } from "../cache/policy.js";
 import type { Follower, Leader, SingleFlight } from "../cache/single-flight.js";
 import type { TieredCache } from "../cache/tiered-cache.js";
 import type { CacheState, RequestContext } from "../context.js";
+import { ProxyError } from "../errors.js";
 import { planFromEntry } from "./lookup.js";
 import { CONTINUE, type RequestStage, respond, type Verdict } from "./pipeline.js";
 
@@ -31,6 +32,12 @@ export function createCoalesceStage(cache: TieredCache, flights: SingleFlight, w
     wait: number,
   ): Verdict | Promise<Verdict> {
     if (flight.role === "leader") {
+      // The client may have left while the Redis lease was being taken: the close handler has already run and
+      // would never release this flight, leaving followers waiting until the lease expires.
+      if (ctx.res.destroyed) {
+        flight.release("failed");
+        throw new ProxyError("client_closed");
+      }
       c.flight = flight;
       return CONTINUE;
     }

@@ -38,10 +38,8 @@ function upstreamBody(ctx: RequestContext): Readable | undefined {
 /** Gives the slot back once the upstream body is over: ended, failed, or abandoned by everyone downstream. */
 function releaseAfterBody(slot: Slot, up: UpstreamResponse, res: RequestContext["res"]): void {
   const body = up.body;
-  const release = () => slot.release();
-  body.once("end", release);
-  body.once("close", release);
-  body.once("error", release);
+  // An IncomingMessage emits "close" after "end", and after an error or destroy().
+  body.once("close", () => slot.release());
   // The client is gone and nothing reads the body any more: drop it, which releases the slot.
   res.once("close", () => {
     if (!body.readableEnded && body.readableFlowing !== true) body.destroy();

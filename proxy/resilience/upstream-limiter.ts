@@ -109,7 +109,8 @@ interface Waiter {
 /** Where permits come from: the local bottleneck, or the clustered one. */
 interface Source {
   readonly name: "local" | "shared";
-  readonly limiter: Bottleneck;
+  /** Replaced (shared only) when Redis lost the limiter's state: see `probeShared`. */
+  limiter: Bottleneck;
   /** Permits of this source held (in flight or idle). */
   held: number;
   /** Permit requests sent to this source's bottleneck and not answered yet. */
@@ -131,6 +132,8 @@ export class UpstreamLimiter {
   private readonly shared: Source | undefined;
   private sharedUsable = false;
   private sharedProbe: NodeJS.Timeout | undefined;
+  /** Builds the clustered bottleneck (shared mode). */
+  private readonly clustered: (() => Bottleneck) | undefined;
   private current: number;
   private applying: Promise<unknown> = Promise.resolve();
   private inFlight = 0;
@@ -166,15 +169,18 @@ export class UpstreamLimiter {
     const settings = { maxConcurrent: cfg.initial };
     this.local = { name: "local", limiter: new Bottleneck(settings), held: 0, pending: 0 };
     if (shared) {
-      const limiter = new Bottleneck({
-        ...settings,
-        id: shared.id,
-        datastore: "ioredis",
-        connection: shared.connection,
-        clearDatastore: false,
-      });
-      this.shared = { name: "shared", limiter, held: 0, pending: 0 };
-      limiter.on("error", (err: unknown) => this.sharedFailed(err));
+      this.clustered = () => {
+        const limiter = new Bottleneck({
+          maxConcurrent: this.current,
+          id: shared.id,
+          datastore: "ioredis",
+          connection: shared.connection,
+          clearDatastore: false,
+        });
+        limiter.on("error", (err: unknown) => this.sharedFailed(err));
+        return limiter;
+      };
+      this.shared = { name: "shared", limiter: this.clustered(), held: 0, pending: 0 };
       this.probeShared();
     }
   }
@@ -217,7 +223,6 @@ export class UpstreamLimiter {
       this.waiters.add(w);
       if (this.cfg.maxWait > 0) {
         w.timer = setTimeout(() => this.abandon(w, "wait_timeout"), this.cfg.maxWait);
-        w.timer.unref();
       }
       if (cancelOn) {
         const cancel = () => this.abandon(w, undefined);
@@ -380,16 +385,30 @@ export class UpstreamLimiter {
     clearTimeout(this.sharedProbe);
     this.sharedProbe = undefined;
     // ready() stays pending while Redis is down at start: nothing waits on it but this probe.
-    shared.limiter
+    const limiter = shared.limiter;
+    limiter
       .ready()
-      .then(() => shared.limiter.updateSettings({ maxConcurrent: this.current }) as unknown)
+      .then(() => limiter.updateSettings({ maxConcurrent: this.current }) as unknown)
       .then(
         () => {
-          if (this.closed || this.sharedUsable) return;
+          if (this.closed || this.sharedUsable || shared.limiter !== limiter) return;
           this.sharedUsable = true;
           this.emitter.emit("mode", { upstream: this.upstream, shared: true, reason: "redis ready" });
         },
-        (err: unknown) => this.sharedFailed(err),
+        (err: unknown) => {
+          // Redis restarted empty: bottleneck 2.19.5 re-creates its keys only when the error message is exactly
+          // "SETTINGS_KEY_NOT_FOUND", but Redis 7 replies "ERR SETTINGS_KEY_NOT_FOUND" (likewise UNKNOWN_CLIENT),
+          // so that limiter never recovers. A new limiter on the same id writes its settings again.
+          if (this.clustered && /SETTINGS_KEY_NOT_FOUND|UNKNOWN_CLIENT/.test(String(err))) {
+            // Not disconnect(): it would unsubscribe the channel the new limiter (same id) subscribes to.
+            limiter.removeAllListeners();
+            clearInterval(
+              (limiter as unknown as { _store?: { heartbeat?: NodeJS.Timeout } })._store?.heartbeat,
+            );
+            shared.limiter = this.clustered();
+          }
+          this.sharedFailed(err);
+        },
       );
   }
 
@@ -419,7 +438,8 @@ export class UpstreamLimiter {
     for (const p of this.idle.splice(0)) this.retire(p);
     for (const w of [...this.waiters]) this.abandon(w, "queue_full");
     await this.local.limiter.disconnect(false).catch(() => undefined);
-    if (this.shared) await this.shared.limiter.disconnect(false).catch(() => undefined);
+    // The shared limiter is left to UpstreamLimiters, which drops its whole Redis connection: the limiter's own
+    // disconnect() would UNSUBSCRIBE in promises nobody handles, an unhandled rejection while Redis is down.
   }
 }
 
@@ -464,6 +484,7 @@ export class UpstreamLimiters extends EventEmitter<LimiterEvents> {
 
   async close(): Promise<void> {
     await Promise.all([...this.limiters.values()].map((l) => l.close()));
+    // Not quit(): with Redis down it would wait; our duplicate clients are simply dropped.
     await this.connection?.disconnect(false).catch(() => undefined);
   }
 }

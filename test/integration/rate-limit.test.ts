@@ -48,6 +48,17 @@ async function gate(up: TestUpstream, extra: Record<string, unknown>): Promise<T
 
 const bearer = (key: string) => ({ authorization: `Bearer ${key}` });
 
+/** Polls `cond` every 10 ms for at most `timeoutMs`. */
+async function until(cond: () => boolean | Promise<boolean>, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+const redisReady = (g: TestGate) => until(() => g.cache.redis?.status === "ready", "the Redis client");
+
 async function metrics(g: TestGate): Promise<string> {
   return (await request(`${g.adminUrl}/metrics`)).text;
 }
@@ -172,24 +183,41 @@ describe("per-client rate limits", () => {
     assert.equal(warnings[0]?.level, 40, "warn");
   });
 
-  test("a client's requests beyond `concurrent` in flight get 429; the slot is free again once a response ends", async () => {
-    const up = await upstream(300);
+  test("a client's requests beyond `concurrent` in flight get 429; a slot frees when the response ends or the client leaves", async () => {
+    const holding: ServerResponse[] = [];
+    const up = await startUpstream((req, res) => {
+      if (req.url?.startsWith("/hold")) holding.push(res);
+      else json(res, { url: req.url });
+    });
+    toClose.push(up);
     const g = await gate(up, { limits: { enabled: true, requests: 100, per: "10s", concurrent: 1 } });
     const key = bearer("concurrency-key");
-    const [first, second] = await Promise.all([
-      request(`${g.url}/slow/1`, { headers: key }),
-      sleep(50).then(() => request(`${g.url}/slow/2`, { headers: key })),
-    ]);
-    assert.equal(first?.status, 200);
-    assert.equal(second?.status, 429);
-    assert.equal(second?.headers["retry-after"], "1");
-    assert.equal(second?.headers["ratelimit-policy"], '"default";q=100;w=10');
-    assert.match(second?.json<{ error: { message: string } }>().error.message ?? "", /concurrent/);
-    const other = await request(`${g.url}/slow/3`, { headers: bearer("someone-else") });
-    assert.equal(other.status, 200);
-    const third = await request(`${g.url}/slow/4`, { headers: key });
-    assert.equal(third.status, 200, "the first request's slot was released");
+    const first = request(`${g.url}/hold/1`, { headers: key });
+    await until(() => holding.length === 1, "the first request to reach the upstream");
+    const second = await request(`${g.url}/x/2`, { headers: key });
+    assert.equal(second.status, 429);
+    assert.equal(second.headers["retry-after"], "1");
+    assert.equal(second.headers["ratelimit-policy"], '"default";q=100;w=10');
+    assert.equal(second.headers.ratelimit, undefined, "no rate window was spent");
+    assert.match(
+      second.json<{ error: { message: string } }>().error.message,
+      /concurrent requests .*\(at most 1\)/,
+    );
+    assert.equal((await request(`${g.url}/x/3`, { headers: bearer("someone-else") })).status, 200);
+
+    json(holding.shift() as ServerResponse, { held: true });
+    assert.equal((await first).status, 200);
+    const third = await request(`${g.url}/x/4`, { headers: key });
+    assert.equal(third.status, 200, "the first request's slot was released when its response ended");
     assert.match(String(third.headers.ratelimit), /^"default";r=98;/, "the refused request spent no quota");
+
+    const leaving = request(`${g.url}/hold/5`, { headers: key, timeoutMs: 200 }).catch(() => "gone");
+    await until(() => holding.length === 1, "the leaving request to reach the upstream");
+    assert.equal(await leaving, "gone");
+    await until(
+      async () => (await request(`${g.url}/x/6`, { headers: key })).status === 200,
+      "the slot of the client that left to be free",
+    );
   });
 });
 
@@ -204,7 +232,7 @@ describe("limits shared through Redis", () => {
     };
     const a = await gate(up, extra);
     const b = await gate(up, extra);
-    await sleep(100); // both Redis clients connected
+    await Promise.all([redisReady(a), redisReady(b)]); // a request before that would be decided locally
     const secret = "shared-s3cr3t";
     const statuses: number[] = [];
     const remaining: string[] = [];
@@ -250,7 +278,7 @@ describe("limits shared through Redis", () => {
       redis: { url: own.url, keyPrefix: "rltest-dead:" },
       limits: { enabled: true, requests: 3, per: "10s" },
     });
-    await sleep(100);
+    await redisReady(g);
     const key = bearer("dead-redis-key");
     assert.equal((await request(`${g.url}/before`, { headers: key })).status, 200, "counted in Redis");
     own.kill();

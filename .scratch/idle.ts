@@ -1,0 +1,10 @@
+import { Bottleneck } from "../proxy/resilience/bottleneck.js";
+const b = new Bottleneck({ maxConcurrent: 5 });
+let release!: () => void;
+b.schedule(() => new Promise<void>((r) => (release = r)));
+await new Promise((r) => setTimeout(r, 100));
+const c0 = process.cpuUsage();
+await new Promise((r) => setTimeout(r, 1000));
+const c = process.cpuUsage(c0);
+console.log("cpu during 1s idle with a held job:", ((c.user + c.system) / 1000).toFixed(1), "ms");
+release();

@@ -1,0 +1,133 @@
+// The breaker registry (opossum underneath): what counts as a failure, when it opens, half-open probing, Retry-After.
+import assert from "node:assert/strict";
+import { after, describe, test } from "node:test";
+import { ProxyError } from "../../proxy/errors.js";
+import { Breakers, type BreakerState, type UpstreamBreaker } from "../../proxy/resilience/breakers.js";
+import { sleep } from "../helpers/http.js";
+import { configFrom } from "../helpers/cachegate.js";
+
+const registries: Breakers[] = [];
+after(() => {
+  for (const r of registries) r.shutdown();
+});
+
+function breaker(opts: Record<string, unknown> = {}): { b: UpstreamBreaker; transitions: BreakerState[] } {
+  const config = configFrom({
+    upstreams: [
+      {
+        name: "up",
+        url: "http://127.0.0.1:9",
+        breaker: { volumeThreshold: 5, errorThresholdPercentage: 50, resetTimeout: 200, ...opts },
+      },
+    ],
+    routes: [{ name: "all", upstream: "up" }],
+  });
+  const breakers = new Breakers(config.upstreams);
+  registries.push(breakers);
+  const transitions: BreakerState[] = [];
+  breakers.on("transition", (t) => transitions.push(t.to));
+  const b = breakers.get("up");
+  assert.ok(b);
+  return { b, transitions };
+}
+
+const status = (code: number) => () => Promise.resolve({ status: code });
+const isFailure = (r: { status: number }) => r.status >= 500;
+const rejectWith = (code: ProxyError["code"]) => () => Promise.reject(new ProxyError(code));
+
+describe("circuit breakers", () => {
+  test("a 5xx counts as a failure but is still returned to the caller", async () => {
+    const { b } = breaker();
+    const r = await b.run(status(502), isFailure);
+    assert.equal(r.status, 502);
+    assert.equal(b.stats().failures, 1);
+  });
+
+  test("opens only once volumeThreshold calls were made, at more than the error percentage", async () => {
+    const { b, transitions } = breaker();
+    for (let i = 0; i < 4; i++) await b.run(status(500), isFailure);
+    assert.equal(b.state(), "closed", "4 failures out of 4 is below a volume threshold of 5");
+    await b.run(status(500), isFailure);
+    assert.equal(b.state(), "open");
+    assert.deepEqual(transitions, ["open"]);
+    await assert.rejects(b.run(status(200), isFailure), (err: ProxyError) => {
+      assert.equal(err.code, "upstream_circuit_open");
+      assert.equal(err.status, 503);
+      assert.equal(err.headers["retry-after"], "1");
+      return true;
+    });
+  });
+
+  test("stays closed while failures are at or under the error percentage", async () => {
+    const { b } = breaker();
+    for (let i = 0; i < 5; i++) await b.run(status(200), isFailure);
+    for (let i = 0; i < 5; i++) await b.run(status(503), isFailure);
+    assert.equal(b.state(), "closed", "5 of 10 is 50 %, not more than 50 %");
+    await b.run(status(503), isFailure);
+    assert.equal(b.state(), "open", "6 of 11 is");
+  });
+
+  test("4xx responses and clients that went away are not failures", async () => {
+    const { b } = breaker();
+    for (let i = 0; i < 20; i++) await b.run(status(i % 2 ? 404 : 429), isFailure);
+    for (let i = 0; i < 20; i++) await assert.rejects(b.run(rejectWith("client_closed"), isFailure));
+    assert.equal(b.state(), "closed");
+    assert.equal(b.stats().failures, 0);
+  });
+
+  test("timeouts, refused and reset connections and bad responses are failures", async () => {
+    const { b } = breaker({ volumeThreshold: 4 });
+    for (const code of ["upstream_timeout", "upstream_unreachable", "upstream_reset", "upstream_bad_response"] as const) {
+      await assert.rejects(b.run(rejectWith(code), isFailure), { code });
+    }
+    assert.equal(b.state(), "open");
+  });
+
+  test("Retry-After counts down to the half-open probe", async () => {
+    const { b } = breaker({ resetTimeout: 3_000 });
+    for (let i = 0; i < 5; i++) await b.run(status(500), isFailure);
+    assert.equal(b.retryAfterSeconds(), 3);
+    assert.equal(b.openError().headers["retry-after"], "3");
+  });
+
+  test("half-open lets exactly one probe through; its success closes the breaker", async () => {
+    const { b, transitions } = breaker();
+    for (let i = 0; i < 5; i++) await b.run(status(500), isFailure);
+    assert.equal(b.admits(), false);
+    await sleep(260);
+    assert.equal(b.state(), "half-open");
+    assert.equal(b.admits(), true);
+    let release: (() => void) | undefined;
+    const probe = b.run(
+      () => new Promise<{ status: number }>((resolve) => (release = () => resolve({ status: 200 }))),
+      isFailure,
+    );
+    assert.equal(b.admits(), false, "the probe is out: everyone else fails fast");
+    await assert.rejects(b.run(status(200), isFailure), { code: "upstream_circuit_open" });
+    release?.();
+    assert.equal((await probe).status, 200);
+    assert.equal(b.state(), "closed");
+    assert.deepEqual(transitions, ["open", "half-open", "closed"]);
+  });
+
+  test("a failed probe opens it again; a probe whose client left proves nothing and opens it too", async () => {
+    const { b, transitions } = breaker();
+    for (let i = 0; i < 5; i++) await b.run(status(500), isFailure);
+    await sleep(260);
+    await b.run(status(503), isFailure);
+    assert.equal(b.state(), "open");
+    await sleep(260);
+    await assert.rejects(b.run(rejectWith("client_closed"), isFailure));
+    assert.equal(b.state(), "open");
+    assert.deepEqual(transitions, ["open", "half-open", "open", "half-open", "open"]);
+  });
+
+  test("upstreams with breaker.enabled false have no breaker", () => {
+    const config = configFrom({
+      upstreams: [{ name: "up", url: "http://127.0.0.1:9", breaker: { enabled: false } }],
+      routes: [{ name: "all", upstream: "up" }],
+    });
+    const breakers = new Breakers(config.upstreams);
+    assert.equal(breakers.get("up"), undefined);
+  });
+});
