@@ -11,7 +11,7 @@ const upstream = requireEnv("BENCH_UPSTREAM_URL");
 // An empty env: CACHEGATE_* variables of the shell that runs the benchmark must not change what is measured.
 const loaded = loadConfig({ upstream, host: "127.0.0.1", port: "0", adminPort: "0", logLevel: "info" }, {});
 // BENCH_CACHE_HITS=1: the catch-all route caches everything for 60 s, so the load measures memory-tier hits.
-const config = process.env.BENCH_CACHE_HITS
+const forced = process.env.BENCH_CACHE_HITS
   ? {
       ...loaded.config,
       routes: loaded.config.routes.map((r) => ({
@@ -20,6 +20,9 @@ const config = process.env.BENCH_CACHE_HITS
       })),
     }
   : loaded.config;
+// BENCH_REDIS_URL: the shared L2 tier, coalescing leases and purge fan-out (the stampede benchmark's pair).
+const redisUrl = process.env.BENCH_REDIS_URL;
+const config = redisUrl ? { ...forced, redis: { ...forced.redis, url: redisUrl } } : forced;
 const destination = pino.destination({ dest: "/dev/null", sync: false });
 const logger = createLogger(config.log.level, destination);
 const gate = await startCachegate(config, { logger, defaultMetrics: true });
