@@ -1,6 +1,8 @@
 // `npm run demo` end to end, small: the simulated Dify, cachegate in front of it and the load, as a child process.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { rmSync } from "node:fs";
+import { dirname } from "node:path";
 import { Writable } from "node:stream";
 import { describe, test } from "node:test";
 import { LiveView, Tally } from "../../bench/demo/report.js";
@@ -44,6 +46,8 @@ describe("npm run demo", () => {
       DEMO_DURATION: "1",
       DEMO_CONCURRENCY: "8",
     });
+    const log = /^cachegate's JSON log: (.+)$/m.exec(stdout)?.[1];
+    if (log?.includes("cachegate-demo-")) rmSync(dirname(log), { recursive: true, force: true });
     assert.equal(code, 0, `exit ${code}\n${stdout}\n${stderr}`);
     const summary = stdout.slice(stdout.indexOf("\nSummary\n"));
     assert.ok(summary.length > 10, `no summary in:\n${stdout}`);

@@ -25,8 +25,9 @@ import { loadConfig } from "../../config/load.js";
 import type { Config } from "../../config/schema.js";
 import { BUILTIN_PLUGINS } from "../../plugins/index.js";
 import { PluginHost } from "../../proxy/plugins.js";
+import { simpleConfig, startGate } from "../helpers/cachegate.js";
 import { nginxBinary, testNginxConf } from "../helpers/nginx.js";
-import { closedPort } from "../helpers/upstream.js";
+import { closedPort, echoHandler, startUpstream } from "../helpers/upstream.js";
 
 const ROOT = resolve(new URL("../..", import.meta.url).pathname);
 const DOCKER = join(ROOT, "docker");
@@ -747,6 +748,21 @@ describe("Grafana provisioning and the dashboard", () => {
       "cachegate_dify_tokens_saved_total",
     ]) {
       assert.ok(all.includes(needle), `no panel query uses ${needle}`);
+    }
+  });
+
+  test("every metric a panel queries is registered by a running cachegate with the dify plugin", async () => {
+    const up = await startUpstream(echoHandler);
+    const gate = await startGate({ ...simpleConfig(up.url), plugins: ["dify"], log: { level: "silent" } });
+    try {
+      const registered = new Set((await gate.metrics.registry.getMetricsAsJSON()).map((m) => m.name));
+      const series = (name: string) =>
+        registered.has(name.replace(/_(bucket|sum|count)$/, "")) || registered.has(name);
+      const cachegateOnly = exprs.flatMap(metricsIn).filter((m) => m.startsWith("cachegate_"));
+      assert.deepEqual([...new Set(cachegateOnly.filter((m) => !series(m)))], [], "not registered");
+    } finally {
+      await gate.close(100);
+      await up.close();
     }
   });
 
