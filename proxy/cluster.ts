@@ -9,8 +9,9 @@ import { AggregatorRegistry, type Registry } from "prom-client";
 import type { Config } from "../config/schema.js";
 import { createAdminServer } from "./admin/admin-server.js";
 import { createPurgeHandler, type PurgeRequest, type Purger } from "./admin/purge.js";
+import { createReloadHandler } from "./admin/reload.js";
 import type { Logger } from "./observability/logger.js";
-import type { Cachegate } from "./server.js";
+import { type Cachegate, restartOnlyChanges } from "./server.js";
 
 const RESTART_MIN_MS = 100;
 const RESTART_MAX_MS = 10_000;
@@ -53,7 +54,12 @@ export interface Primary {
   close(deadlineMs: number): Promise<void>;
 }
 
-export async function startPrimary(config: Config, count: number, logger: Logger): Promise<Primary> {
+export async function startPrimary(
+  config: Config,
+  count: number,
+  logger: Logger,
+  readConfig: () => Config,
+): Promise<Primary> {
   const aggregator = new AggregatorRegistry();
   const ready = new Set<number>();
   const started = new Map<number, number>();
@@ -110,6 +116,20 @@ export async function startPrimary(config: Config, count: number, logger: Logger
     },
   };
 
+  // Reload: the primary validates first (a bad file is refused here, with its message), then every worker re-reads
+  // and applies it on SIGHUP.
+  const reloadWorkers = (next: Config) => {
+    for (const w of Object.values(cluster.workers ?? {})) w?.process.kill("SIGHUP");
+    return { restartRequired: restartOnlyChanges(config, next) };
+  };
+  process.on("SIGHUP", () => {
+    try {
+      reloadWorkers(readConfig());
+    } catch (err) {
+      logger.error({ err: (err as Error).message }, "config reload refused; the running config stays");
+    }
+  });
+
   let admin: http.Server | undefined;
   let adminPort: number | undefined;
   if (config.admin.enabled) {
@@ -120,7 +140,10 @@ export async function startPrimary(config: Config, count: number, logger: Logger
         contentType: aggregator.contentType as Registry["contentType"],
       },
       ready: () => !stopping && ready.size > 0,
-      routes: { "POST /purge": createPurgeHandler(purger, logger) },
+      routes: {
+        "POST /purge": createPurgeHandler(purger, logger),
+        "POST /reload": createReloadHandler(readConfig, reloadWorkers, logger),
+      },
     });
     const server = admin;
     adminPort = await new Promise<number>((resolve, reject) => {

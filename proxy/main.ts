@@ -3,7 +3,7 @@ import cluster from "node:cluster";
 // CLI entry: arguments → config → start → signals. Exit codes: 0 ok, 1 invalid config or failed start, 2 bad usage.
 import { existsSync, readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
-import { ConfigError, loadConfig } from "../config/load.js";
+import { ConfigError, type ConfigFlags, loadConfig } from "../config/load.js";
 import type { Config } from "../config/schema.js";
 import { parseCli, USAGE } from "./cli.js";
 import { serveWorker, startPrimary } from "./cluster.js";
@@ -56,13 +56,15 @@ async function main(): Promise<number> {
   }
 
   const workers = config.workers === "auto" ? availableParallelism() : config.workers;
-  if (workers > 1 && cluster.isPrimary) return runPrimary(config, workers);
+  if (workers > 1 && cluster.isPrimary) return runPrimary(config, workers, cli.flags);
   const worker = cluster.isWorker;
 
   let gate: Awaited<ReturnType<typeof startCachegate>>;
   try {
     // In a worker the primary owns the admin port (aggregated metrics, purge fan-out).
-    gate = await startCachegate(worker ? { ...config, admin: { ...config.admin, enabled: false } } : config);
+    gate = await startCachegate(worker ? { ...config, admin: { ...config.admin, enabled: false } } : config, {
+      reloadConfig: () => loadConfig(cli.flags).config,
+    });
   } catch (err) {
     if (err instanceof PluginError) {
       process.stderr.write(`cachegate: ${err.code}: ${err.message}\n`);
@@ -102,13 +104,25 @@ async function main(): Promise<number> {
     };
     process.on("SIGTERM", stop);
     process.on("SIGINT", stop);
+    // SIGHUP: re-read the config and apply it in place; an invalid one is logged and the running one stays.
+    process.on("SIGHUP", () => {
+      try {
+        gate.reload(loadConfig(cli.flags).config);
+      } catch (err) {
+        if (!(err instanceof ConfigError)) throw err;
+        logger.error(
+          { problems: err.problems, source: err.source },
+          "config reload refused; the running config stays",
+        );
+      }
+    });
   });
 }
 
 /** The primary of `--workers N`: forks, restarts and drains the workers; serves the admin port. */
-async function runPrimary(config: Config, workers: number): Promise<number> {
+async function runPrimary(config: Config, workers: number, flags: ConfigFlags): Promise<number> {
   const logger = createLogger(config.log.level);
-  const primary = await startPrimary(config, workers, logger);
+  const primary = await startPrimary(config, workers, logger, () => loadConfig(flags).config);
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: NodeJS.Signals) => {

@@ -5,6 +5,7 @@ import type { AddressInfo, Socket } from "node:net";
 import type { Config } from "../config/schema.js";
 import { createAdminServer } from "./admin/admin-server.js";
 import { createPurgeHandler } from "./admin/purge.js";
+import { createReloadHandler } from "./admin/reload.js";
 import { type CacheService, createCacheService } from "./cache/cache-service.js";
 import type { RequestContext } from "./context.js";
 import { ERRORS, errorBody, ProxyError } from "./errors.js";
@@ -35,10 +36,37 @@ import { stripRequestHopByHop } from "./upstream/hop-by-hop.js";
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
 
+/** Top-level keys a reload cannot change in a running process. */
+const RESTART_ONLY = ["listen", "admin", "redis", "workers", "plugins", "cache"] as const;
+
+interface Generation {
+  config: Config;
+  router: Router;
+  trust: TrustedProxies;
+  clientLimiter: ClientLimiter;
+  breakers: Breakers;
+  limiters: UpstreamLimiters;
+  pipeline: Pipeline;
+}
+
+/** Keys whose change needs a restart, between the config a process started with and a new one. */
+export function restartOnlyChanges(started: Config, next: Config): string[] {
+  const keys: string[] = RESTART_ONLY.filter((k) => JSON.stringify(next[k]) !== JSON.stringify(started[k]));
+  if (next.server.maxHeaderSize !== started.server.maxHeaderSize) keys.push("server.maxHeaderSize");
+  return keys;
+}
+
+export interface ReloadResult {
+  /** Changed keys that keep their running value until a restart. */
+  restartRequired: string[];
+}
+
 export interface StartOptions {
   logger?: Logger;
   /** Collect Node's default process metrics (off in tests that start many instances). */
   defaultMetrics?: boolean;
+  /** Re-reads the config (file, env, flags) for `POST /reload`; throws ConfigError when it is invalid. */
+  reloadConfig?: () => Config;
 }
 
 export interface Cachegate {
@@ -52,6 +80,10 @@ export interface Cachegate {
   /** Per-upstream circuit breakers and concurrency limiters (miss path only). */
   readonly breakers: Breakers;
   readonly limiters: UpstreamLimiters;
+  /** The config in force (after reloads). */
+  readonly current: Config;
+  /** Applies a new, already validated config (see ReloadResult). */
+  reload(next: Config): ReloadResult;
   /** Stops accepting, lets in-flight requests finish up to `deadlineMs`, then cuts what is left. */
   close(deadlineMs?: number): Promise<void>;
 }
@@ -125,10 +157,13 @@ function rejectUpgrade(socket: Socket, err: ProxyError, id: string): void {
 export async function startCachegate(config: Config, opts: StartOptions = {}): Promise<Cachegate> {
   const logger = opts.logger ?? createLogger(config.log.level);
   const events = new ProxyEvents();
-  const router = new Router(config);
-  const trust = new TrustedProxies(config.trustProxy);
   const forwarder = new Forwarder({ isEventStream: (h) => isEventStream(h["content-type"]) });
-  const cacheService = createCacheService(config, { logger, events, forwarder, trust });
+  const cacheService = createCacheService(config, {
+    logger,
+    events,
+    forwarder,
+    trust: new TrustedProxies(config.trustProxy),
+  });
   const metrics = createMetrics(events, { defaultMetrics: opts.defaultMetrics, cache: cacheService });
   const { cache } = cacheService;
   let plugins: PluginHost;
@@ -140,37 +175,52 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     });
   } catch (err) {
     await cacheService.close();
-    router.close();
     throw err;
   }
   cacheService.refresher.storeVeto = (ctx) => storeVeto(ctx, plugins);
-  const clientLimiter = new ClientLimiter(config, {
-    redis: cacheService.redis,
-    keyPrefix: config.redis.keyPrefix,
-  });
-  const breakers = new Breakers(config.upstreams);
-  const limiters = new UpstreamLimiters(config.upstreams, {
-    redis: cacheService.redis,
-    keyPrefix: config.redis.keyPrefix,
-  });
-  observeResilience(metrics.registry, logger, breakers, limiters);
   if (!BOTTLENECK_PATCH.applied) logger.warn({ reason: BOTTLENECK_PATCH.reason }, "bottleneck not patched");
-  const pipeline: Pipeline = {
-    requestStages: [
-      createRouteStage(router, trust),
-      createRateLimitStage(clientLimiter, { events, logger }),
-      createOnRequestStage(plugins),
-      createClassifyStage(plugins),
-      createLookupStage(cache, cacheService.refresher, config.cache.earlyRefreshBeta),
-      createCoalesceStage(cache, cacheService.flights, config.cache.coalesceTimeout),
-      createBreakerStage(breakers),
-      createForwardStage(forwarder, trust, events, { breakers, limiters }),
-    ],
-    responseStages: [
-      createStoreStage(cache, cacheService.writer, cacheService.invalidator, plugins),
-      createPluginResponseStage(plugins),
-    ],
+
+  // Everything a config reload may replace: routes and upstreams, per-client limits, breakers, concurrency
+  // limiters, and the stages built from them. The cache, plugins, metrics and listeners stay.
+  const build = (cfg: Config): Generation => {
+    const router = new Router(cfg);
+    const trust = new TrustedProxies(cfg.trustProxy);
+    const clientLimiter = new ClientLimiter(cfg, {
+      redis: cacheService.redis,
+      keyPrefix: cfg.redis.keyPrefix,
+    });
+    const breakers = new Breakers(cfg.upstreams);
+    const limiters = new UpstreamLimiters(cfg.upstreams, {
+      redis: cacheService.redis,
+      keyPrefix: cfg.redis.keyPrefix,
+    });
+    const pipeline: Pipeline = {
+      requestStages: [
+        createRouteStage(router, trust),
+        createRateLimitStage(clientLimiter, { events, logger }),
+        createOnRequestStage(plugins),
+        createClassifyStage(plugins),
+        createLookupStage(cache, cacheService.refresher, cfg.cache.earlyRefreshBeta),
+        createCoalesceStage(cache, cacheService.flights, cfg.cache.coalesceTimeout),
+        createBreakerStage(breakers),
+        createForwardStage(forwarder, trust, events, { breakers, limiters }),
+      ],
+      responseStages: [
+        createStoreStage(cache, cacheService.writer, cacheService.invalidator, plugins),
+        createPluginResponseStage(plugins),
+      ],
+    };
+    return { config: cfg, router, trust, clientLimiter, breakers, limiters, pipeline };
   };
+  const retire = async (g: Generation) => {
+    g.router.close();
+    g.clientLimiter.close();
+    g.breakers.shutdown();
+    await g.limiters.close();
+  };
+  let gen = build(config);
+  const attachResilience = observeResilience(metrics.registry, logger, () => gen);
+  attachResilience(gen.breakers, gen.limiters);
 
   let draining = false;
   let inFlight = 0;
@@ -219,7 +269,7 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     });
 
     // While draining, requests that still arrive on kept-alive connections are served, with `connection: close`.
-    runPipeline(pipeline, ctx).then(
+    runPipeline(gen.pipeline, ctx).then(
       (plan) => deliver(ctx, plan, deliverOpts),
       (err: unknown) => {
         const pe = asProxyError(err);
@@ -260,6 +310,7 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     socket.on("error", () => socket.destroy());
     if (draining) return rejectUpgrade(socket, new ProxyError("shutting_down"), id);
     const path = (req.url ?? "/").split("?")[0] ?? "/";
+    const { router, trust } = gen;
     const route = path.startsWith("/") ? router.match(req.method ?? "GET", path) : undefined;
     if (!route) return rejectUpgrade(socket, new ProxyError("route_not_found"), id);
     const peer = unmapIPv4(req.socket.remoteAddress ?? "");
@@ -282,7 +333,12 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
       token: config.admin.token,
       registry: metrics.registry,
       ready: () => !draining,
-      routes: { "POST /purge": createPurgeHandler(cacheService.invalidator, logger) },
+      routes: {
+        "POST /purge": createPurgeHandler(cacheService.invalidator, logger),
+        ...(opts.reloadConfig
+          ? { "POST /reload": createReloadHandler(opts.reloadConfig, (next) => reload(next), logger) }
+          : {}),
+      },
     });
     try {
       adminPort = await listen(admin, config.admin.port, config.admin.host);
@@ -295,6 +351,35 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     { port, adminPort, upstreams: config.upstreams.map((u) => `${u.name}=${u.url}`) },
     "cachegate listening",
   );
+
+  /**
+   * Applies a new config without dropping connections: requests already running finish on the generation they
+   * started with (retired after `server.shutdownTimeout`); new requests use the new one. Keys that only take effect
+   * at start (listeners, Redis, workers, plugins, the memory tier) keep their running values and are reported.
+   */
+  const reload = (next: Config): ReloadResult => {
+    const restartRequired = restartOnlyChanges(config, next);
+    const effective: Config = {
+      ...next,
+      ...Object.fromEntries(RESTART_ONLY.map((k) => [k, config[k]])),
+    } as Config;
+    const old = gen;
+    gen = build(effective);
+    attachResilience(gen.breakers, gen.limiters);
+    logger.level = effective.log.level;
+    server.requestTimeout = effective.server.requestTimeout;
+    server.headersTimeout = effective.server.headersTimeout;
+    server.keepAliveTimeout = effective.server.keepAliveTimeout;
+    setTimeout(() => void retire(old), effective.server.shutdownTimeout).unref();
+    if (restartRequired.length > 0) {
+      logger.warn({ keys: restartRequired }, "config reloaded; these keys only take effect after a restart");
+    }
+    logger.info(
+      { routes: effective.routes.length, upstreams: effective.upstreams.length },
+      "config reloaded",
+    );
+    return { restartRequired };
+  };
 
   let closing: Promise<void> | undefined;
   const close = (deadlineMs = config.server.shutdownTimeout): Promise<void> => {
@@ -316,10 +401,7 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
         await closeServer(admin);
       }
       forwarder.close();
-      router.close();
-      clientLimiter.close();
-      breakers.shutdown();
-      await limiters.close();
+      await retire(gen);
       await cacheService.close();
       await plugins.close();
       logger.info({ abandoned: inFlight }, "cachegate stopped");
@@ -335,8 +417,16 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     metrics,
     events,
     cache: cacheService,
-    breakers,
-    limiters,
+    get breakers() {
+      return gen.breakers;
+    },
+    get limiters() {
+      return gen.limiters;
+    },
+    get current() {
+      return gen.config;
+    },
+    reload,
     close,
   };
 }

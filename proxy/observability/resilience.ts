@@ -5,19 +5,23 @@ import { Counter, Gauge, type Registry } from "prom-client";
 import { BREAKER_STATE_VALUE, type Breakers } from "../resilience/breakers.js";
 import type { LimiterStats, UpstreamLimiters } from "../resilience/upstream-limiter.js";
 
+/**
+ * Registers the metrics once; the gauges read whichever breakers and limiters `current()` returns (a config reload
+ * replaces them). Returns `attach`, which subscribes the counters and log lines to a new set's events.
+ */
 export function observeResilience(
   registry: Registry,
   logger: Logger,
-  breakers: Breakers,
-  limiters: UpstreamLimiters,
-): void {
+  current: () => { breakers: Breakers; limiters: UpstreamLimiters },
+): (breakers: Breakers, limiters: UpstreamLimiters) => void {
   new Gauge({
     name: "cachegate_breaker_state",
     help: "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
     labelNames: ["upstream"] as const,
     registers: [registry],
     collect() {
-      for (const b of breakers) this.labels(b.upstream).set(BREAKER_STATE_VALUE[b.state()]);
+      this.reset();
+      for (const b of current().breakers) this.labels(b.upstream).set(BREAKER_STATE_VALUE[b.state()]);
     },
   });
   const transitions = new Counter({
@@ -26,24 +30,12 @@ export function observeResilience(
     labelNames: ["upstream", "to"] as const,
     registers: [registry],
   });
-  breakers.on("transition", (t) => {
-    transitions.labels(t.upstream, t.to).inc();
-    const b = breakers.get(t.upstream);
-    if (t.to === "open") {
-      logger.warn(
-        { upstream: t.upstream, from: t.from, retryAfterS: b?.retryAfterSeconds() },
-        "circuit breaker open: requests to this upstream fail fast (stale copy or 503) until a probe succeeds",
-      );
-    } else if (t.to === "closed") {
-      logger.info({ upstream: t.upstream, from: t.from }, "circuit breaker closed: upstream recovered");
-    } else {
-      logger.info(
-        { upstream: t.upstream, from: t.from },
-        "circuit breaker half-open: one probe request allowed",
-      );
-    }
+  const rejected = new Counter({
+    name: "cachegate_upstream_rejected_total",
+    help: "Requests refused with 503 upstream_overloaded, by upstream and reason (queue_full, wait_timeout).",
+    labelNames: ["upstream", "reason"] as const,
+    registers: [registry],
   });
-
   const gauge = (name: string, help: string, read: (s: LimiterStats) => number | undefined) =>
     new Gauge({
       name,
@@ -51,7 +43,8 @@ export function observeResilience(
       labelNames: ["upstream"] as const,
       registers: [registry],
       collect() {
-        for (const l of limiters) {
+        this.reset();
+        for (const l of current().limiters) {
           const v = read(l.stats());
           if (v !== undefined) this.labels(l.upstream).set(v);
         }
@@ -73,24 +66,40 @@ export function observeResilience(
     "The adaptive limiter's no-load time-to-first-byte estimate per upstream.",
     (s) => (s.baselineMs === undefined ? undefined : s.baselineMs / 1000),
   );
-  const rejected = new Counter({
-    name: "cachegate_upstream_rejected_total",
-    help: "Requests refused with 503 upstream_overloaded, by upstream and reason (queue_full, wait_timeout).",
-    labelNames: ["upstream", "reason"] as const,
-    registers: [registry],
-  });
-  for (const l of limiters) {
-    rejected.labels(l.upstream, "queue_full").inc(0);
-    rejected.labels(l.upstream, "wait_timeout").inc(0);
-  }
-  limiters.on("rejected", (r) => rejected.labels(r.upstream, r.reason).inc());
-  limiters.on("mode", (m) => {
-    if (m.shared) logger.info({ upstream: m.upstream }, "upstream concurrency limit shared through redis");
-    else {
-      logger.warn(
-        { upstream: m.upstream, reason: m.reason },
-        "redis unusable for the shared concurrency limit: enforcing it in this instance alone",
-      );
+
+  const attach = (breakers: Breakers, limiters: UpstreamLimiters): void => {
+    breakers.on("transition", (t) => {
+      transitions.labels(t.upstream, t.to).inc();
+      const b = breakers.get(t.upstream);
+      if (t.to === "open") {
+        logger.warn(
+          { upstream: t.upstream, from: t.from, retryAfterS: b?.retryAfterSeconds() },
+          "circuit breaker open: requests to this upstream fail fast (stale copy or 503) until a probe succeeds",
+        );
+      } else if (t.to === "closed") {
+        logger.info({ upstream: t.upstream, from: t.from }, "circuit breaker closed: upstream recovered");
+      } else {
+        logger.info(
+          { upstream: t.upstream, from: t.from },
+          "circuit breaker half-open: one probe request allowed",
+        );
+      }
+    });
+
+    for (const l of limiters) {
+      rejected.labels(l.upstream, "queue_full").inc(0);
+      rejected.labels(l.upstream, "wait_timeout").inc(0);
     }
-  });
+    limiters.on("rejected", (r) => rejected.labels(r.upstream, r.reason).inc());
+    limiters.on("mode", (m) => {
+      if (m.shared) logger.info({ upstream: m.upstream }, "upstream concurrency limit shared through redis");
+      else {
+        logger.warn(
+          { upstream: m.upstream, reason: m.reason },
+          "redis unusable for the shared concurrency limit: enforcing it in this instance alone",
+        );
+      }
+    });
+  };
+  return attach;
 }
