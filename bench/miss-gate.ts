@@ -3,6 +3,7 @@
 //   limiter     concurrency limiter on (adaptive, defaults), breaker on
 //   no-limiter  `concurrency.enabled: false`, breaker on
 //   unpatched   like limiter, with bottleneck's original (setTimeout-based) internals restored
+// BENCH_CONCURRENCY='{"adaptive":false,"initial":256}' merges keys into `concurrency` (to measure other settings).
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
@@ -43,7 +44,16 @@ writeFileSync(
     listen: { host: "127.0.0.1", port: 0 },
     admin: { host: "127.0.0.1", port: 0 },
     log: { level: "info" },
-    upstreams: [{ name: "bench", url: upstream, concurrency: { enabled: variant !== "no-limiter" } }],
+    upstreams: [
+      {
+        name: "bench",
+        url: upstream,
+        concurrency: {
+          enabled: variant !== "no-limiter",
+          ...(process.env.BENCH_CONCURRENCY ? (JSON.parse(process.env.BENCH_CONCURRENCY) as object) : {}),
+        },
+      },
+    ],
     routes: [{ name: "miss", upstream: "bench", cache: { enabled: false } }],
   }),
 );

@@ -3,16 +3,23 @@
 //   no-limiter  with `concurrency.enabled: false`
 //   unpatched   with the limiter but bottleneck's original setTimeout-based internals (what the patch fixes)
 // against one node:http upstream serving 1 KiB of JSON. The upstream and each cachegate run in their own child
-// process; autocannon runs here, on loopback. Each target is warmed up, then measured in rounds, the order of the
-// targets alternating between rounds (ABBA) so machine drift hits all alike; the median per target is reported.
+// process; autocannon runs here, on loopback. Every run starts a fresh cachegate, warms it up, measures it and stops
+// it; the order of the targets alternates between rounds (ABBA) so machine drift hits all alike; the median per
+// target is reported, with the cachegate process's CPU time per request (steadier than req/s on a busy machine).
+// First it measures bottleneck alone in this process: jobs/s with its original internals and with the patch.
 //
-//   node --import tsx bench/miss-path.ts      (npm run bench:miss)
-//   BENCH_DURATION=10 BENCH_WARMUP=5 BENCH_ROUNDS=2 BENCH_CONNECTIONS=50 BENCH_TARGETS=limiter,no-limiter
+//   npm run bench:miss                         compiled with tsc first (tsconfig.bench.json), as `npm run bench`:
+//                                              tsx's transform costs real time on closures made per request
+//   node --import tsx bench/miss-path.ts       the same through tsx (slower, for quick runs)
+//   BENCH_DURATION=10 BENCH_WARMUP=5 BENCH_ROUNDS=3 BENCH_CONNECTIONS=50 BENCH_TARGETS=limiter,no-limiter
+//   BENCH_CPU_PROF=dir   run the cachegate children with `node --cpu-prof`, profiles in dir/<target>-<round>/
+//   BENCH_VERBOSE=1      print the limiter's counters after every run
 //
 // The issue's bar: limiter ≥ 0.9 × no-limiter requests/s. Results go to bench/results/miss-path-<ISO date>.json.
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import { createRequire } from "node:module";
 import os from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
@@ -20,7 +27,9 @@ import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
-const ROOT = resolve(BENCH_DIR, "..");
+/** Compiled to .bench-dist/bench/*.js (npm run bench:miss), or run through tsx from bench/*.ts. */
+const COMPILED = import.meta.url.endsWith(".js");
+const ROOT = resolve(BENCH_DIR, COMPILED ? "../.." : "..");
 const TARGET_RATIO = 0.9;
 const STARTUP_TIMEOUT_MS = 30_000;
 
@@ -47,8 +56,8 @@ const settings = (() => {
     durationS: intEnv("BENCH_DURATION", 10, 1, 120),
     warmupS: intEnv("BENCH_WARMUP", 5, 0, 60),
     connections: intEnv("BENCH_CONNECTIONS", 50, 1, 1000),
-    rounds: intEnv("BENCH_ROUNDS", 2, 1, 20),
-    targets: ALL.filter((t) => wanted.includes(t)),
+    rounds: intEnv("BENCH_ROUNDS", 3, 1, 20),
+    targets: [...new Set(wanted)] as Target[], // in the order given: the first target runs first in odd rounds
   };
 })();
 
@@ -60,8 +69,16 @@ interface Child {
 }
 const children: ChildProcess[] = [];
 
-function startChild(name: string, file: string, env: Record<string, string>): Promise<Child> {
-  const proc = spawn(process.execPath, ["--import", "tsx", join(BENCH_DIR, file)], {
+function startChild(
+  name: string,
+  file: string,
+  env: Record<string, string>,
+  nodeArgs: string[] = [],
+): Promise<Child> {
+  const args = COMPILED
+    ? [...nodeArgs, join(BENCH_DIR, file.replace(/\.ts$/, ".js"))]
+    : [...nodeArgs, "--import", "tsx", join(BENCH_DIR, file)];
+  const proc = spawn(process.execPath, args, {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ["pipe", "pipe", "inherit"], // stdin open: the child exits when this process goes away
@@ -91,6 +108,20 @@ function startChild(name: string, file: string, env: Record<string, string>): Pr
         lines.push(line);
       }
     });
+  });
+}
+
+/** SIGTERM, then SIGKILL after 5 s; resolves once the child has exited. */
+function stopChild(child: Child): Promise<void> {
+  const p = child.proc;
+  if (p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
+  return new Promise<void>((r) => {
+    const t = setTimeout(() => p.kill("SIGKILL"), 5_000);
+    p.once("exit", () => {
+      clearTimeout(t);
+      r();
+    });
+    p.kill("SIGTERM");
   });
 }
 
@@ -181,33 +212,80 @@ interface Run {
   cpuUsPerRequest: number;
 }
 
+/**
+ * bottleneck on its own, in this process: jobs/s of a local limiter (maxConcurrent 64, 50 jobs in flight) with
+ * bottleneck's original internals and with cachegate's patch (proxy/resilience/bottleneck.ts).
+ */
+async function bottleneckJobsPerSecond(): Promise<{ unpatched: number; patched: number }> {
+  type Proto = Record<string, unknown>;
+  const require = createRequire(import.meta.url);
+  const local = (require("bottleneck/lib/LocalDatastore.js") as { prototype: Proto }).prototype;
+  const events = (require("bottleneck/lib/Events.js") as { prototype: Proto }).prototype;
+  const original = { yieldLoop: local.yieldLoop, trigger: events.trigger };
+  const { Bottleneck } = await import("../proxy/resilience/bottleneck.js");
+  const patched = { yieldLoop: local.yieldLoop, trigger: events.trigger };
+  const run = async (jobs: number) => {
+    const b = new Bottleneck({ maxConcurrent: 64 });
+    let started = 0;
+    const t0 = performance.now();
+    const worker = async () => {
+      while (started < jobs) {
+        started++;
+        await b.schedule(() => Promise.resolve());
+      }
+    };
+    await Promise.all(Array.from({ length: 50 }, worker));
+    await b.disconnect();
+    return jobs / ((performance.now() - t0) / 1000);
+  };
+  Object.assign(local, { yieldLoop: original.yieldLoop });
+  Object.assign(events, { trigger: original.trigger });
+  const unpatched = await run(1_000); // ~2.5 s at ~400 jobs/s
+  Object.assign(local, { yieldLoop: patched.yieldLoop });
+  Object.assign(events, { trigger: patched.trigger });
+  return { unpatched, patched: await run(10_000) };
+}
+
 async function main(): Promise<number> {
   const { durationS, warmupS, rounds, targets, connections } = settings;
   console.log(
-    `cachegate miss-path benchmark: ${connections} connections, ${warmupS} s warm-up, ${rounds} round(s) of ` +
-      `${durationS} s, targets ${targets.join(", ")}; node ${process.version}, ${os.cpus().length} CPUs`,
+    `cachegate miss-path benchmark: ${connections} connections, ${rounds} round(s), each target in a fresh process ` +
+      `per run (${warmupS} s warm-up, ${durationS} s measured), targets ${targets.join(", ")}; ` +
+      `${COMPILED ? "compiled" : "through tsx"}, node ${process.version}, ${os.cpus().length} CPUs`,
+  );
+  const jobsPerSecond = await bottleneckJobsPerSecond();
+  console.log(
+    `bottleneck alone (local, 50 jobs in flight): unpatched ${jobsPerSecond.unpatched.toFixed(0)} jobs/s, ` +
+      `patched ${jobsPerSecond.patched.toFixed(0)} jobs/s`,
   );
   const upstream = await startChild("upstream", "upstream.ts", {});
-  const gates = new Map<Target, Child>();
-  for (const t of targets) {
-    gates.set(t, await startChild(t, "miss-gate.ts", { BENCH_UPSTREAM_URL: upstream.url, BENCH_VARIANT: t }));
-  }
-  for (const g of gates.values()) await sanity(g.url);
-
-  if (warmupS > 0) {
-    for (const [t, g] of gates) {
-      const r = await cannon(g.url, warmupS);
-      console.log(`warm-up  ${t.padEnd(10)} ${r.requests.average.toFixed(0).padStart(7)} req/s (discarded)`);
-    }
-  }
+  // The upstream's own warm-up (JIT, sockets), so the first target measured does not pay for it.
+  if (warmupS > 0) await cannon(upstream.url, warmupS);
+  const prof = process.env.BENCH_CPU_PROF;
+  const stats: Record<string, unknown> = {};
   const runs: Run[] = [];
   for (let round = 1; round <= rounds; round++) {
     const order = round % 2 === 1 ? targets : [...targets].reverse();
     for (const t of order) {
-      const gate = gates.get(t) as Child;
+      // A fresh cachegate per run: no process carries heap state, JIT state or CPU placement from earlier runs,
+      // which on a shared 2-core machine mattered more than the limiter itself.
+      const args = prof ? ["--cpu-prof", "--cpu-prof-dir", join(resolve(prof), `${t}-${round}`)] : [];
+      const gate = await startChild(
+        t,
+        "miss-gate.ts",
+        { BENCH_UPSTREAM_URL: upstream.url, BENCH_VARIANT: t },
+        args,
+      );
+      await sanity(gate.url);
+      if (warmupS > 0) await cannon(gate.url, warmupS);
       const cpuBefore = (await probe(gate))?.cpuUs ?? Number.NaN;
       const r = await cannon(gate.url, durationS);
-      const cpuAfter = (await probe(gate))?.cpuUs ?? Number.NaN;
+      const after = await probe(gate);
+      const cpuAfter = after?.cpuUs ?? Number.NaN;
+      if (after?.stats) stats[`${t} round ${round}`] = after.stats;
+      if (process.env.BENCH_VERBOSE && after?.stats)
+        console.log(`  ${t} limiter: ${JSON.stringify(after.stats)}`);
+      await stopChild(gate);
       const run: Run = {
         target: t,
         round,
@@ -245,9 +323,8 @@ async function main(): Promise<number> {
         `cpu ${s.cpuUsPerRequest.toFixed(0)} µs/req  errors ${s.errors}  non-2xx ${s.non2xx}`,
     );
   }
-  const stats: Record<string, unknown> = {};
-  for (const [t, g] of gates) if (t !== "no-limiter") stats[t] = (await probe(g))?.stats;
-  console.log(`limiter counters at the end: ${JSON.stringify(stats)}`);
+  const last = Object.entries(stats).at(-1);
+  if (last) console.log(`limiter counters after the last run (${last[0]}): ${JSON.stringify(last[1])}`);
 
   const rps = (t: Target) => summary.find((s) => s.target === t)?.rps;
   const withL = rps("limiter");
@@ -273,15 +350,16 @@ async function main(): Promise<number> {
     console.log(`unpatched bottleneck / no-limiter req/s: ${(unpatched / without).toFixed(2)}x`);
   }
   const date = new Date();
-  const file = join(BENCH_DIR, "results", `miss-path-${date.toISOString().replace(/:/g, "-")}.json`);
+  const file = join(ROOT, "bench", "results", `miss-path-${date.toISOString().replace(/:/g, "-")}.json`);
   mkdirSync(dirname(file), { recursive: true });
   const report = {
     benchmark: "miss-path",
     date: date.toISOString(),
     machine: { node: process.version, cpus: os.cpus().length, loadAverageAtEnd: os.loadavg() },
-    settings,
+    settings: { ...settings, compiled: COMPILED },
     summary,
     ratio: { limiterVsNoLimiter: ratio, cpuPerRequestNoLimiterVsLimiter: cpuRatio, target: TARGET_RATIO },
+    bottleneckJobsPerSecond: jobsPerSecond,
     limiterStats: stats,
     runs,
   };
@@ -291,10 +369,8 @@ async function main(): Promise<number> {
 }
 
 // Hard bound on the whole run, whatever hangs.
-const limitS =
-  60 +
-  settings.targets.length * (settings.warmupS + 25) +
-  settings.rounds * settings.targets.length * (settings.durationS + 25);
+// Per run: start-up (≤ 30 s), warm-up and measurement (each ≤ its duration + 20 s), stop (≤ 5 s).
+const limitS = 60 + settings.rounds * settings.targets.length * (settings.warmupS + settings.durationS + 80);
 setTimeout(() => {
   console.error(`bench: still running after ${limitS} s; stopping`);
   void stopChildren().finally(() => process.exit(1));

@@ -133,6 +133,10 @@ const upstreamSchema = z.strictObject({
       if (c.initial < c.min || c.initial > c.max) {
         ctx.addIssue({ code: "custom", path: ["initial"], message: "must lie between min and max" });
       }
+      // Waiting on other instances' slots must end somewhere (maxWait 0 means "no queue" only locally).
+      if (c.shared && c.maxWait === 0) {
+        ctx.addIssue({ code: "custom", path: ["maxWait"], message: "must be above 0 with shared: true" });
+      }
     }),
 });
 

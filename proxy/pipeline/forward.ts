@@ -38,10 +38,10 @@ function upstreamBody(ctx: RequestContext): Readable | undefined {
 /** Gives the slot back once the upstream body is over: ended, failed, or abandoned by everyone downstream. */
 function releaseAfterBody(slot: Slot, up: UpstreamResponse, res: RequestContext["res"]): void {
   const body = up.body;
-  // An IncomingMessage emits "close" after "end", and after an error or destroy().
-  body.once("close", () => slot.release());
-  // The client is gone and nothing reads the body any more: drop it, which releases the slot.
-  res.once("close", () => {
+  // An IncomingMessage emits "close" once, after "end" or after an error or destroy() (`on`: no once-wrapper).
+  body.on("close", () => slot.release());
+  // The exchange with the client is over and nothing reads the body (a stage dropped it): drop it too.
+  res.on("close", () => {
     if (!body.readableEnded && body.readableFlowing !== true) body.destroy();
   });
 }
@@ -86,7 +86,8 @@ export function createForwardStage(
       let up: UpstreamResponse;
       try {
         if (limiter) {
-          slot = await limiter.acquire(ctx.res);
+          // A lingering slot is taken without a promise; otherwise wait in the limiter's queue.
+          slot = limiter.tryAcquire() ?? (await limiter.wait(ctx.res));
           // The client left while the upstream was busy with others: don't send its request.
           if (ctx.res.destroyed) throw new ProxyError("client_closed");
         }

@@ -10,11 +10,16 @@
 //                when baseline / short > 2 it is decayed by 5 % per window, so recovery is not held back by
 //                a baseline inflated during a long slow period
 //     overload seen (5xx, 429, timeout)     → limit × backoffRatio                          (AIMD decrease)
-//     else gradient = clamp(tolerance × baseline / short, 0.5, 1)
+//     else gradient = clamp(max(tolerance × baseline, baseline + floorMs) / short, 0.5, 1)
 //          target   = limit × gradient + √limit                                            (√limit: queue headroom)
 //          limit    = limit × (1 − smoothing) + target × smoothing
 //          growth only when the window used at least half the limit (an idle upstream proves nothing)
 //     limit clamped to [min, max]
+//
+// floorMs (10 ms) is ours, not Gradient2's: time to first byte includes this process's own event-loop delay, which
+// under load is a few milliseconds. Against a fast upstream (2 ms) that alone doubles the latency, and the limit
+// would throttle the upstream for cachegate's own busyness, queueing requests in a process that is already the
+// bottleneck (seen in bench/miss-path.ts before the floor). A rise of under 10 ms is therefore never congestion.
 //
 // Inputs are times to the response headers, never total durations: an LLM event stream lasts minutes and says
 // nothing about congestion. Queueing time in front of the limiter is not part of a sample either (it would feed
@@ -53,6 +58,8 @@ export interface AdaptiveLimitOptions {
   warmupWindows?: number;
   smoothing?: number;
   backoffRatio?: number;
+  /** Latency rises smaller than this (ms) are never taken for congestion. */
+  floorMs?: number;
 }
 
 export const ADAPTIVE_DEFAULTS = {
@@ -63,6 +70,7 @@ export const ADAPTIVE_DEFAULTS = {
   warmupWindows: 5, // ≥ 1 s of plain mean before the exponential average
   smoothing: 0.2,
   backoffRatio: 0.9,
+  floorMs: 10, // this process's own event-loop delay under load is not the upstream's congestion
 } as const;
 
 function positiveInteger(name: string, v: number): void {
@@ -145,7 +153,8 @@ export class AdaptiveLimit {
     if (overloads > 0) {
       next = this.estimate * o.backoffRatio;
     } else if (okCount > 0 && this.baseline !== undefined && this.lastShort !== undefined) {
-      const gradient = Math.max(0.5, Math.min(1, (o.tolerance * this.baseline) / this.lastShort));
+      const allowed = Math.max(o.tolerance * this.baseline, this.baseline + o.floorMs);
+      const gradient = Math.max(0.5, Math.min(1, allowed / this.lastShort));
       const target = this.estimate * gradient + Math.sqrt(this.estimate);
       next = this.estimate * (1 - o.smoothing) + target * o.smoothing;
       // App-limited: a window that never used half the limit cannot justify a larger one.

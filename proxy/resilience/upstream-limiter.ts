@@ -5,10 +5,10 @@
 //
 // Slots and permits. Every request in flight holds a permit, and a permit is a running bottleneck job: bottleneck
 // (maxConcurrent = the limit) is what caps the number in flight, in this process or, shared, across instances.
-// A released permit is handed straight to the oldest waiting request, or lingers SLOT_LINGER_MS for the next one
-// before its job ends. So bottleneck is asked only when more permits are needed than are held; measured, one
-// bottleneck job costs ~130 µs of CPU even with the patch in bottleneck.ts, which a job per request would pay on
-// every miss (bench/miss-path.ts prints jobs per request).
+// A released permit is handed straight to the oldest waiting request, or lingers (SLOT_LINGER_MS: 5 s locally,
+// 100 ms when shared) for the next one before its job ends. So bottleneck is asked only when more permits are needed
+// than are held: measured, one bottleneck job costs ~120 µs of CPU even with the patch in bottleneck.ts, which a job
+// per request would pay on every miss (bench/miss-path.ts prints the limiter's counters, jobs among them).
 //
 // Queue bounds (our queue, FIFO; bottleneck's own queue only ever holds permit requests, at most `limit` of them):
 //   maxQueue  once `limit + maxQueue` requests want the upstream (holding or waiting for a slot), the next is
@@ -27,7 +27,7 @@
 //     is used again once a probe against it succeeds (every SHARED_RETRY_MS).
 // So while Redis is away the upstream may see up to N instances × limit. Permits whose release could not reach
 // Redis stay counted there until bottleneck reclaims them (its client timeout); a lingering permit holds a unit of
-// the shared limit for up to SLOT_LINGER_MS. Both are reasons why sharing is off by default (README, Resilience).
+// the shared limit for up to 100 ms. Both are reasons why sharing is off by default (README, Resilience).
 import { EventEmitter } from "node:events";
 import { Cluster, type Redis } from "ioredis";
 import type { UpstreamConfig } from "../../config/schema.js";
@@ -71,6 +71,8 @@ export interface LimiterStats {
   jobs: number;
   /** Permits held: in flight plus lingering idle. */
   held: number;
+  /** Requests that had to queue (no lingering slot was free). */
+  waited: number;
 }
 
 export interface LimiterEvents {
@@ -87,8 +89,13 @@ export function classifyOutcome(o: SlotOutcome): SampleOutcome {
 }
 
 const OVERLOAD_RETRY_MIN_S = 1;
-/** An idle permit is kept this long for the next request before it goes back to bottleneck. */
-export const SLOT_LINGER_MS = 100;
+/**
+ * How long an idle permit is kept for the next request before it goes back to bottleneck. Locally an idle permit
+ * blocks nobody (every request here takes it first), so it may wait long: asking bottleneck again costs a job and,
+ * under load, a dozen turns of a busy event loop. A shared permit idles for at most 100 ms, since it holds a unit
+ * of the limit other instances could use.
+ */
+export const SLOT_LINGER_MS = { local: 5_000, shared: 100 } as const;
 /** A shared limiter that failed is probed again this often. */
 const SHARED_RETRY_MS = 2_000; // 2 s
 
@@ -125,6 +132,33 @@ interface Permit {
   idleSince: number;
 }
 
+/** A slot in use: a class, not closures, since one is made per upstream request. */
+class HeldSlot implements Slot {
+  private observed = false;
+  private released = false;
+  private readonly inFlightAtStart: number;
+
+  constructor(
+    private readonly owner: UpstreamLimiter,
+    private readonly permit: Permit,
+  ) {
+    this.inFlightAtStart = owner.onTaken();
+  }
+
+  observe(o: SlotOutcome): void {
+    if (this.observed) return;
+    this.observed = true;
+    this.owner.sample(o, this.inFlightAtStart);
+  }
+
+  release(o?: SlotOutcome): void {
+    if (this.released) return;
+    this.released = true;
+    if (o) this.observe(o);
+    this.owner.onReleased(this.permit);
+  }
+}
+
 /** One upstream's limiter. */
 export class UpstreamLimiter {
   private readonly control: AdaptiveLimit | undefined;
@@ -141,6 +175,7 @@ export class UpstreamLimiter {
   private readonly waiters = new Set<Waiter>();
   private acquired = 0;
   private jobs = 0;
+  private waited = 0;
   private readonly rejected: Record<RejectReason, number> = { queue_full: 0, wait_timeout: 0 };
   /** Released permits lingering for reuse, the most recently released last. */
   private readonly idle: Permit[] = [];
@@ -196,6 +231,7 @@ export class UpstreamLimiter {
       mode: this.shared && this.sharedUsable ? "shared" : "local",
       jobs: this.jobs,
       held: this.local.held + (this.shared?.held ?? 0),
+      waited: this.waited,
     };
   }
 
@@ -208,16 +244,32 @@ export class UpstreamLimiter {
    * client_closed when `cancelOn` emits "close" while waiting (the request leaves the queue).
    */
   acquire(cancelOn?: CancelSource): Promise<Slot> {
-    this.acquired++;
-    if (this.closed) return Promise.reject(this.refuse("queue_full"));
+    const slot = this.tryAcquire();
+    return slot ? Promise.resolve(slot) : this.wait(cancelOn);
+  }
+
+  /** A slot at once when a released one is lingering (the common case under load); else undefined. */
+  tryAcquire(): Slot | undefined {
+    if (this.closed) return undefined;
     for (let p = this.idle.pop(); p; p = this.idle.pop()) {
-      if (p.source === this.preferred()) return Promise.resolve(this.slotFor(p));
+      if (p.source === this.preferred()) {
+        this.acquired++;
+        return new HeldSlot(this, p);
+      }
       this.retire(p);
     }
+    return undefined;
+  }
+
+  /** `acquire` without the lingering-permit shortcut: queue for a permit from bottleneck. */
+  wait(cancelOn?: CancelSource): Promise<Slot> {
+    this.acquired++;
+    if (this.closed) return Promise.reject(this.refuse("queue_full"));
     const queueRoom = this.cfg.maxWait === 0 ? 0 : this.cfg.maxQueue;
     if (this.inFlight + this.waiters.size >= this.current + queueRoom) {
       return Promise.reject(this.refuse("queue_full"));
     }
+    this.waited++;
     return new Promise<Slot>((resolve, reject) => {
       const w: Waiter = { resolve, reject, timer: undefined, cancel: undefined };
       this.waiters.add(w);
@@ -271,37 +323,26 @@ export class UpstreamLimiter {
       this.waiters.delete(w);
       if (w.timer) clearTimeout(w.timer);
       w.cancel?.();
-      w.resolve(this.slotFor(p));
+      w.resolve(new HeldSlot(this, p));
       return;
     }
     p.idleSince = performance.now();
     this.idle.push(p);
     if (!this.sweeper) {
-      this.sweeper = setInterval(() => this.sweep(), SLOT_LINGER_MS);
+      this.sweeper = setInterval(() => this.sweep(), this.shared ? SLOT_LINGER_MS.shared : 1_000);
       this.sweeper.unref();
     }
   }
 
-  private slotFor(permit: Permit): Slot {
-    this.inFlight++;
-    const inFlightAtStart = this.inFlight;
-    let observed = false;
-    let released = false;
-    const observe = (o: SlotOutcome) => {
-      if (observed) return;
-      observed = true;
-      this.sample(o, inFlightAtStart);
-    };
-    return {
-      observe,
-      release: (o?: SlotOutcome) => {
-        if (released) return;
-        released = true;
-        if (o) observe(o);
-        this.inFlight--;
-        this.handOut(permit);
-      },
-    };
+  /** Bookkeeping of a HeldSlot: taken. Returns the number in flight, this one included. */
+  onTaken(): number {
+    return ++this.inFlight;
+  }
+
+  /** Bookkeeping of a HeldSlot: given back. */
+  onReleased(permit: Permit): void {
+    this.inFlight--;
+    this.handOut(permit);
   }
 
   private retire(p: Permit): void {
@@ -311,9 +352,14 @@ export class UpstreamLimiter {
 
   /** Returns permits idle for a whole linger period to bottleneck. */
   private sweep(): void {
-    const cutoff = performance.now() - SLOT_LINGER_MS;
-    while (this.idle.length > 0 && (this.idle[0] as Permit).idleSince <= cutoff) {
-      this.retire(this.idle.shift() as Permit);
+    const now = performance.now();
+    // Oldest first; a shared permit and a local one may alternate, so look at every idle permit.
+    for (let i = 0; i < this.idle.length; ) {
+      const p = this.idle[i] as Permit;
+      if (p.idleSince <= now - SLOT_LINGER_MS[p.source.name]) {
+        this.idle.splice(i, 1);
+        this.retire(p);
+      } else i++;
     }
     if (this.idle.length === 0) {
       clearInterval(this.sweeper);
@@ -339,7 +385,8 @@ export class UpstreamLimiter {
     return new ProxyError("upstream_overloaded", message, { "retry-after": this.retryAfter });
   }
 
-  private sample(o: SlotOutcome, inFlight: number): void {
+  /** Feeds one finished request to the adaptive limit (HeldSlot.observe). */
+  sample(o: SlotOutcome, inFlight: number): void {
     if (!this.control) return;
     const next = this.control.onSample({ outcome: classifyOutcome(o), ttfbMs: o.ttfbMs, inFlight });
     if (next !== this.current) this.setLimit(next);

@@ -18,7 +18,11 @@ async function switchable(): Promise<{ up: TestUpstream; set(s: Partial<Behaviou
     const { status, delayMs, headers } = b;
     setTimeout(() => {
       const body = JSON.stringify({ status });
-      res.writeHead(status, { "content-type": "application/json", "content-length": body.length, ...headers });
+      res.writeHead(status, {
+        "content-type": "application/json",
+        "content-length": body.length,
+        ...headers,
+      });
       res.end(body);
     }, delayMs);
   });
@@ -43,7 +47,8 @@ const BREAKER = { volumeThreshold: 5, errorThresholdPercentage: 50, resetTimeout
 
 describe("circuit breaker", () => {
   test("opens after the volume threshold of failures, then answers in < 50 ms with 503, Retry-After and the code", async () => {
-    const { up } = await switchable().then((s) => (s.set({ status: 500 }), s));
+    const { up, set } = await switchable();
+    set({ status: 500 });
     const gate = await gateFor(up, { ...BREAKER, resetTimeout: 5_000 });
     for (let i = 0; i < 5; i++) {
       const r = await request(`${gate.url}/fail/${i}`);
@@ -64,10 +69,7 @@ describe("circuit breaker", () => {
     assert.equal(up.hits(), 5, "the upstream is left alone while the breaker is open");
     assert.equal(await metric(gate, 'cachegate_breaker_state{upstream="up"}'), 2);
     assert.equal(await metric(gate, 'cachegate_breaker_transitions_total{upstream="up",to="open"}'), 1);
-    assert.equal(
-      await metric(gate, 'cachegate_errors_total{route="all",code="upstream_circuit_open"}'),
-      20,
-    );
+    assert.equal(await metric(gate, 'cachegate_errors_total{route="all",code="upstream_circuit_open"}'), 20);
     const warn = gate.logs().find((l) => String(l.msg).startsWith("circuit breaker open"));
     assert.ok(warn, "one log line for the transition");
     assert.equal(warn.level, 40);
@@ -108,7 +110,11 @@ describe("circuit breaker", () => {
     assert.equal(up.hits(), 6);
     assert.equal(await metric(gate, 'cachegate_breaker_state{upstream="up"}'), 0);
     for (const to of ["open", "half-open", "closed"]) {
-      assert.equal(await metric(gate, `cachegate_breaker_transitions_total{upstream="up",to="${to}"}`), 1, to);
+      assert.equal(
+        await metric(gate, `cachegate_breaker_transitions_total{upstream="up",to="${to}"}`),
+        1,
+        to,
+      );
     }
     for (let i = 0; i < 5; i++) assert.equal((await request(`${gate.url}/r/after/${i}`)).status, 200);
     const info = gate.logs().find((l) => String(l.msg).startsWith("circuit breaker closed"));
@@ -125,10 +131,18 @@ describe("circuit breaker", () => {
     const started = performance.now();
     const replies = await Promise.all(Array.from({ length: 6 }, (_, i) => request(`${gate.url}/h/p${i}`)));
     const statuses = replies.map((r) => r.status).sort();
-    assert.deepEqual(statuses, [500, 503, 503, 503, 503, 503], "one probe (the upstream's 500), five refused");
+    assert.deepEqual(
+      statuses,
+      [500, 503, 503, 503, 503, 503],
+      "one probe (the upstream's 500), five refused",
+    );
     assert.equal(up.hits(), 6);
     assert.ok(performance.now() - started < 2_000);
-    assert.equal(await metric(gate, 'cachegate_breaker_state{upstream="up"}'), 2, "the failed probe reopened it");
+    assert.equal(
+      await metric(gate, 'cachegate_breaker_state{upstream="up"}'),
+      2,
+      "the failed probe reopened it",
+    );
   });
 
   test("while open, a stored stale copy is served (X-Cache: STALE) without asking the upstream", async () => {
@@ -140,7 +154,8 @@ describe("circuit breaker", () => {
     assert.equal((await request(`${gate.url}/doc`)).headers["x-cache"], "HIT");
     await sleep(1_100); // stale now; kept for revalidation (it has a validator)
     set({ status: 500, headers: {} });
-    for (let i = 0; i < 5; i++) await request(`${gate.url}/other/${i}`, { headers: { "x-cachegate-bypass": "1" } });
+    for (let i = 0; i < 5; i++)
+      await request(`${gate.url}/other/${i}`, { headers: { "x-cachegate-bypass": "1" } });
     const hits = up.hits();
     const r = await request(`${gate.url}/doc`);
     assert.equal(r.status, 200);
@@ -156,7 +171,8 @@ describe("circuit breaker", () => {
     assert.equal((await request(`${gate.url}/strict`)).headers["x-cache"], "MISS");
     await sleep(1_100);
     set({ status: 500, headers: {} });
-    for (let i = 0; i < 5; i++) await request(`${gate.url}/other/${i}`, { headers: { "x-cachegate-bypass": "1" } });
+    for (let i = 0; i < 5; i++)
+      await request(`${gate.url}/other/${i}`, { headers: { "x-cachegate-bypass": "1" } });
     const r = await request(`${gate.url}/strict`);
     assert.equal(r.status, 503);
     assert.equal(r.json<{ error: { code: string } }>().error.code, "upstream_circuit_open");

@@ -129,7 +129,10 @@ describe("upstream concurrency", () => {
     const frames = await stream;
     assert.equal(frames.frames.length, 3);
     assert.equal(other.status, 200);
-    assert.ok(otherDone >= 400, `the second request waited for the stream to end (${otherDone.toFixed(0)} ms)`);
+    assert.ok(
+      otherDone >= 400,
+      `the second request waited for the stream to end (${otherDone.toFixed(0)} ms)`,
+    );
   });
 
   test("beyond limit + maxQueue: 503 upstream_overloaded at once with Retry-After; the queued ones complete", async () => {
@@ -137,7 +140,10 @@ describe("upstream concurrency", () => {
     const gate = await gateFor(h.up, { adaptive: false, initial: 2, maxQueue: 2, maxWait: "3s" });
     const admitted = Array.from({ length: 4 }, (_, i) => request(`${gate.url}/q/${i}`));
     await waitFor("two requests upstream", () => h.up.hits() === 2);
-    await waitFor("two queued", async () => (await metric(gate, 'cachegate_upstream_queued{upstream="up"}')) === 2);
+    await waitFor(
+      "two queued",
+      async () => (await metric(gate, 'cachegate_upstream_queued{upstream="up"}')) === 2,
+    );
     for (let i = 0; i < 3; i++) {
       const started = performance.now();
       const r = await request(`${gate.url}/q/over${i}`);
@@ -149,8 +155,14 @@ describe("upstream concurrency", () => {
     h.letGo();
     for (const r of await Promise.all(admitted)) assert.equal(r.status, 200);
     assert.equal(h.up.hits(), 4);
-    assert.equal(await metric(gate, 'cachegate_upstream_rejected_total{upstream="up",reason="queue_full"}'), 3);
-    assert.equal(await metric(gate, 'cachegate_upstream_rejected_total{upstream="up",reason="wait_timeout"}'), 0);
+    assert.equal(
+      await metric(gate, 'cachegate_upstream_rejected_total{upstream="up",reason="queue_full"}'),
+      3,
+    );
+    assert.equal(
+      await metric(gate, 'cachegate_upstream_rejected_total{upstream="up",reason="wait_timeout"}'),
+      0,
+    );
   });
 
   test("a request that waits longer than maxWait gets 503 upstream_overloaded, never a hang", async () => {
@@ -168,7 +180,10 @@ describe("upstream concurrency", () => {
     assert.equal(h.up.hits(), 1, "it never reached the upstream");
     h.letGo();
     assert.equal((await first).status, 200);
-    assert.equal(await metric(gate, 'cachegate_upstream_rejected_total{upstream="up",reason="wait_timeout"}'), 1);
+    assert.equal(
+      await metric(gate, 'cachegate_upstream_rejected_total{upstream="up",reason="wait_timeout"}'),
+      1,
+    );
   });
 
   test("cache hits never touch the limiter", async () => {
@@ -214,7 +229,10 @@ describe("upstream concurrency", () => {
     };
     await phase(2_000);
     const before = (await limit()) as number;
-    const baseline = (await metric(gate, 'cachegate_upstream_latency_baseline_seconds{upstream="up"}')) as number;
+    const baseline = (await metric(
+      gate,
+      'cachegate_upstream_latency_baseline_seconds{upstream="up"}',
+    )) as number;
     assert.ok(baseline > 0 && baseline < 0.06, `baseline ${baseline} s`);
     s.setDelay(120);
     await phase(2_500);
@@ -228,10 +246,10 @@ describe("upstream concurrency", () => {
   });
 
   test("upstreams with concurrency.enabled false have no limiter", async () => {
-    const s = await slowUpstream(30);
+    const s = await slowUpstream(300);
     const gate = await gateFor(s.up, { enabled: false });
     await Promise.all(Array.from({ length: 40 }, (_, i) => request(`${gate.url}/u/${i}`)));
-    assert.equal(s.peak(), 40);
+    assert.ok(s.peak() > 32, `${s.peak()} at once upstream, more than the default limit of 32`);
     assert.equal(gate.limiters.get("up"), undefined);
     assert.equal(await metric(gate, 'cachegate_upstream_concurrency_limit{upstream="up"}'), undefined);
   });
@@ -268,7 +286,9 @@ describe("shared upstream concurrency (redis)", () => {
     await waitFor("both limiters local", () =>
       [a, b].every((g) => g.limiters.get("up")?.stats().mode === "local"),
     );
-    const warn = a.logs().find((l) => String(l.msg).startsWith("redis unusable for the shared concurrency limit"));
+    const warn = a
+      .logs()
+      .find((l) => String(l.msg).startsWith("redis unusable for the shared concurrency limit"));
     assert.ok(warn, "the fallback is logged");
 
     // Redis is back (empty): the instances share the limit again.

@@ -2,9 +2,9 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { ProxyError } from "../../proxy/errors.js";
-import { Breakers, type BreakerState, type UpstreamBreaker } from "../../proxy/resilience/breakers.js";
-import { sleep } from "../helpers/http.js";
+import { type BreakerState, Breakers, type UpstreamBreaker } from "../../proxy/resilience/breakers.js";
 import { configFrom } from "../helpers/cachegate.js";
+import { sleep } from "../helpers/http.js";
 
 const registries: Breakers[] = [];
 after(() => {
@@ -77,7 +77,12 @@ describe("circuit breakers", () => {
 
   test("timeouts, refused and reset connections and bad responses are failures", async () => {
     const { b } = breaker({ volumeThreshold: 4 });
-    for (const code of ["upstream_timeout", "upstream_unreachable", "upstream_reset", "upstream_bad_response"] as const) {
+    for (const code of [
+      "upstream_timeout",
+      "upstream_unreachable",
+      "upstream_reset",
+      "upstream_bad_response",
+    ] as const) {
       await assert.rejects(b.run(rejectWith(code), isFailure), { code });
     }
     assert.equal(b.state(), "open");

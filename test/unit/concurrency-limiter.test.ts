@@ -4,14 +4,15 @@ import assert from "node:assert/strict";
 import { EventEmitter } from "node:events";
 import { after, describe, test } from "node:test";
 import type { UpstreamConfig } from "../../config/schema.js";
-import { ProxyError } from "../../proxy/errors.js";
-import { Bottleneck, BOTTLENECK_PATCH } from "../../proxy/resilience/bottleneck.js";
+import type { ProxyError } from "../../proxy/errors.js";
+import { BOTTLENECK_PATCH, Bottleneck } from "../../proxy/resilience/bottleneck.js";
 import {
   type LimiterEvents,
   SLOT_LINGER_MS,
   type Slot,
   UpstreamLimiter,
 } from "../../proxy/resilience/upstream-limiter.js";
+import { configFrom } from "../helpers/cachegate.js";
 import { sleep } from "../helpers/http.js";
 
 type Concurrency = UpstreamConfig["concurrency"];
@@ -20,7 +21,10 @@ after(async () => {
   for (const l of limiters) await l.close();
 });
 
-function limiter(opts: Partial<Concurrency> = {}): { l: UpstreamLimiter; events: EventEmitter<LimiterEvents> } {
+function limiter(opts: Partial<Concurrency> = {}): {
+  l: UpstreamLimiter;
+  events: EventEmitter<LimiterEvents>;
+} {
   const cfg: Concurrency = {
     enabled: true,
     adaptive: false,
@@ -136,7 +140,11 @@ describe("upstream concurrency limiter", () => {
     client.emit("close");
     await assert.rejects(waiting, { code: "client_closed" });
     assert.equal(l.stats().queued, 0);
-    assert.equal(l.stats().rejected.queue_full + l.stats().rejected.wait_timeout, 0, "not an overload refusal");
+    assert.equal(
+      l.stats().rejected.queue_full + l.stats().rejected.wait_timeout,
+      0,
+      "not an overload refusal",
+    );
     first.release();
   });
 
@@ -146,7 +154,8 @@ describe("upstream concurrency limiter", () => {
     assert.equal(l.stats().acquired, 200);
     assert.equal(l.stats().jobs, 1, "one permit from bottleneck, reused 199 times");
     assert.equal(l.stats().held, 1);
-    await sleep(SLOT_LINGER_MS * 2 + 50);
+    assert.equal(SLOT_LINGER_MS.local, 5_000);
+    await sleep(SLOT_LINGER_MS.local + 1_200);
     assert.equal(l.stats().held, 0, "returned after lingering");
   });
 
@@ -177,6 +186,18 @@ describe("upstream concurrency limiter", () => {
     assert.ok(changes.length > 0 && changes.every((c, i) => i === 0 || c < (changes[i - 1] as number)));
     await sleep(50); // bottleneck has applied the new maxConcurrent
     assert.ok((await load(l, 20, 20)) <= limit + 1, "in flight follows the lowered limit");
+  });
+
+  test("config: a shared limit needs a bounded wait (maxWait 0 is refused with shared: true)", () => {
+    const raw = (concurrency: Record<string, unknown>) => ({
+      upstreams: [{ name: "up", url: "http://127.0.0.1:9", concurrency }],
+      routes: [{ name: "all", upstream: "up" }],
+    });
+    assert.throws(
+      () => configFrom(raw({ shared: true, maxWait: 0 })),
+      /upstreams\[0\]\.concurrency\.maxWait: must be above 0 with shared: true/,
+    );
+    assert.equal(configFrom(raw({ shared: false, maxWait: 0 })).upstreams[0]?.concurrency.maxWait, 0);
   });
 
   test("close() refuses waiters and new requests", async () => {
