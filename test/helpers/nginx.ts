@@ -2,19 +2,11 @@
 // The rendering follows the contract written at the top of nginx.conf.example: exact-string replacements only,
 // each target required exactly once, so a drift in the example fails loudly here instead of testing a stale copy.
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import {
-  accessSync,
-  constants,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
-import { delimiter, join } from "node:path";
+import { join } from "node:path";
+import { findExecutable } from "./binaries.js";
 import { closedPort } from "./upstream.js";
 
 export const EXAMPLE_CONF = new URL("../../nginx.conf.example", import.meta.url).pathname;
@@ -43,17 +35,7 @@ export interface RenderOptions {
 
 /** /usr/sbin/nginx, else the first `nginx` on PATH; throws with the install command when there is none. */
 export function nginxBinary(): string {
-  const dirs = ["/usr/sbin", ...(process.env.PATH ?? "").split(delimiter).filter(Boolean)];
-  for (const dir of dirs) {
-    const candidate = join(dir, "nginx");
-    try {
-      accessSync(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // not here; keep looking
-    }
-  }
-  throw new Error(NOT_FOUND);
+  return findExecutable("nginx", "/usr/sbin", NOT_FOUND);
 }
 
 /**

@@ -1,10 +1,11 @@
 // A private redis-server on a free loopback port, no persistence, for tests of the Redis tier and its faults.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { accessSync, constants, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
-import { delimiter, join } from "node:path";
+import { join } from "node:path";
+import { findExecutable } from "./binaries.js";
 import { closedPort } from "./upstream.js";
 
 const READY_TIMEOUT_MS = 5_000;
@@ -25,17 +26,7 @@ export interface TestRedis {
 
 /** /usr/bin/redis-server, else the first on PATH; throws with the install command when there is none. */
 export function redisBinary(): string {
-  const dirs = ["/usr/bin", ...(process.env.PATH ?? "").split(delimiter).filter(Boolean)];
-  for (const dir of dirs) {
-    const candidate = join(dir, "redis-server");
-    try {
-      accessSync(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // not here; keep looking
-    }
-  }
-  throw new Error(NOT_FOUND);
+  return findExecutable("redis-server", "/usr/bin", NOT_FOUND);
 }
 
 /** Sends an inline `PING` over a raw socket; resolves with the first reply line (`+PONG` when healthy). */

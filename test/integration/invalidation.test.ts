@@ -12,6 +12,7 @@ import { MemoryTier } from "../../proxy/cache/memory-tier.js";
 import { currentAgeMs } from "../../proxy/cache/policy.js";
 import { RedisTier } from "../../proxy/cache/redis-tier.js";
 import { startRedis, type TestRedis } from "../helpers/redis.js";
+import { until } from "../helpers/wait.js";
 
 const CLIENT_OPTIONS = { maxRetriesPerRequest: 1, enableOfflineQueue: false, commandTimeout: 100 };
 const HOST = "api.example";
@@ -25,14 +26,6 @@ before(async () => {
 after(async () => {
   await server.stop();
 });
-
-async function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 2_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 function entry(key: string, url: string, tags: string[], storedAt = Date.now()): CacheEntry {
   return {

@@ -8,6 +8,7 @@ import { Redis } from "ioredis";
 import { RedisBus } from "../../proxy/cache/bus.js";
 import { type Follower, type Leader, SingleFlight } from "../../proxy/cache/single-flight.js";
 import { startRedis, type TestRedis } from "../helpers/redis.js";
+import { until } from "../helpers/wait.js";
 
 // Production-like settings, for the outage test.
 const CLIENT_OPTIONS = { maxRetriesPerRequest: 1, enableOfflineQueue: false, commandTimeout: 100 };
@@ -25,14 +26,6 @@ before(async () => {
 after(async () => {
   await server.stop();
 });
-
-async function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 2_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 async function client(commandTimeout = CLIENT_OPTIONS.commandTimeout): Promise<Redis> {
   const c = new Redis(server.url, { ...CLIENT_OPTIONS, commandTimeout });
