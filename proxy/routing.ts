@@ -2,6 +2,7 @@
 import http from "node:http";
 import https from "node:https";
 import type { Config, RouteConfig, UpstreamConfig } from "../config/schema.js";
+import { idleSweeper } from "./upstream/idle-sweeper.js";
 
 export interface Upstream {
   readonly name: string;
@@ -26,11 +27,12 @@ export function createUpstream(config: UpstreamConfig): Upstream {
     keepAliveMsecs: config.pool.keepAlive,
     maxSockets: config.pool.maxSockets,
     maxFreeSockets: config.pool.maxFreeSockets,
-    // Agent `timeout` closes pooled sockets idle this long; requests in flight get their own timers.
-    timeout: config.pool.freeSocketTimeout,
     scheduling: "lifo",
   };
   const agent = url.protocol === "https:" ? new https.Agent(options) : new http.Agent(options);
+  // Pooled sockets idle for freeSocketTimeout are closed by the sweeper, not by the Agent's `timeout` option, which
+  // re-arms a socket timer on every request (idle-sweeper.ts).
+  idleSweeper.watchAgent(agent, config.pool.freeSocketTimeout);
   return { name: config.name, url, config, agent };
 }
 
@@ -65,6 +67,9 @@ export class Router {
   }
 
   close(): void {
-    for (const u of this.upstreams.values()) u.agent.destroy();
+    for (const u of this.upstreams.values()) {
+      idleSweeper.unwatchAgent(u.agent);
+      u.agent.destroy();
+    }
   }
 }
