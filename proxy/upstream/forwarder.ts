@@ -155,6 +155,8 @@ class Exchange implements IdleWatch {
       this.idleSocket = socket;
       this.idleLimitMs = idle;
       idleSweeper.watch(this);
+      // "close" follows "end", an error and destroy() alike (`on`: no once-wrapper for a one-shot event).
+      proxyRes.on("close", this.unwatch);
     }
     this.resolve({
       status: proxyRes.statusCode ?? 502,
@@ -202,6 +204,10 @@ class Exchange implements IdleWatch {
     if (this.responseTimer) clearTimeout(this.responseTimer);
     if (this.connectTimer) clearTimeout(this.connectTimer);
   }
+
+  private readonly unwatch = (): void => {
+    idleSweeper.unwatch(this);
+  };
 
   private readonly clearConnectTimer = (): void => {
     if (this.connectTimer) clearTimeout(this.connectTimer);
