@@ -314,7 +314,7 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     const route = path.startsWith("/") ? router.match(req.method ?? "GET", path) : undefined;
     if (!route) return rejectUpgrade(socket, new ProxyError("route_not_found"), id);
     const peer = unmapIPv4(req.socket.remoteAddress ?? "");
-    stripRequestHopByHop(req.headers, true);
+    req.headers = stripRequestHopByHop(req.headers, true);
     setForwardedHeaders(req.headers, peer, false, trust.has(peer));
     req.headers["x-request-id"] = id;
     upgraded.add(socket);

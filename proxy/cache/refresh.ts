@@ -33,8 +33,9 @@ export class BackgroundRefresher implements Refresher {
     const upstream = ctx.upstream;
     if (!c || !upstream) return;
     // Everything needed is copied now: the request object moves on without us.
-    const headers: Record<string, string | string[] | undefined> = { ...ctx.req.headers };
-    stripRequestHopByHop(headers, false);
+    const headers: Record<string, string | string[] | undefined> = {
+      ...stripRequestHopByHop(ctx.req.headers, false),
+    };
     setForwardedHeaders(headers, ctx.peerIp, false, this.deps.trust.has(ctx.peerIp));
     delete headers["if-none-match"];
     delete headers["if-modified-since"];

@@ -1,6 +1,7 @@
 // Structured JSON logs (pino). Credentials never reach a log line: they are redacted at the logger, not by callers.
 import pino, { type DestinationStream, type Logger } from "pino";
 import type { LogLevel } from "../../config/schema.js";
+import type { RequestSummary } from "./events.js";
 
 export type { Logger };
 
@@ -28,19 +29,51 @@ export function createLogger(level: LogLevel, destination?: DestinationStream): 
   );
 }
 
+// Strings that need no JSON escaping: printable ASCII without `"` and `\`.
+const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
+
+function jsonString(s: string): string {
+  return PLAIN.test(s) ? `"${s}"` : JSON.stringify(s);
+}
+
+/** ms with µs precision: the access log's durations. */
+function ms(n: number): string {
+  return String(Math.round(n * 1000) / 1000);
+}
+
+let isoMs = -1;
+let iso = "";
+/** `new Date().toISOString()`, computed at most once per millisecond. */
+function isoNow(): string {
+  const now = Date.now();
+  if (now !== isoMs) {
+    isoMs = now;
+    iso = new Date(now).toISOString();
+  }
+  return iso;
+}
+
 /**
  * The access log: one JSON line per request, in the same shape and on the same destination as the logger's own
- * lines. Written with JSON.stringify rather than through pino's generic serializer: it runs for every request
- * (measured: about a third of pino's cost per line). The record holds no headers, so there is nothing to redact.
+ * lines. Built by hand rather than through pino's serializer or JSON.stringify of the record: it runs for every
+ * request, and at 10k req/s the generic paths cost more than a tenth of cachegate's CPU per forwarded request.
+ * The summary holds no headers, so there is nothing to redact; the path is escaped, everything else is
+ * a number, a boolean, or an identifier cachegate validated (request ids, route and upstream names, error codes).
  */
-export function createAccessLog(logger: Logger): (record: object, warn: boolean) => void {
+export function createAccessLog(logger: Logger): (s: RequestSummary, warn: boolean) => void {
   const stream = (logger as unknown as Record<symbol, { write(line: string): void }>)[pino.symbols.streamSym];
   const bindings = JSON.stringify(logger.bindings()).slice(1, -1);
   const prefix = bindings ? `,${bindings}` : "";
-  return (record, warn) => {
-    if (!logger.isLevelEnabled(warn ? "warn" : "info") || !stream) return;
-    const fields = JSON.stringify(record).slice(1, -1);
-    const head = `{"level":"${warn ? "warn" : "info"}","time":"${new Date().toISOString()}"${prefix}`;
-    stream.write(`${head}${fields ? `,${fields}` : ""},"msg":"request"}\n`);
+  return (s, warn) => {
+    if (!stream || !logger.isLevelEnabled(warn ? "warn" : "info")) return;
+    let line = `{"level":"${warn ? "warn" : "info"}","time":"${isoNow()}"${prefix},"reqId":${jsonString(s.reqId)}`;
+    line += `,"method":${jsonString(s.method)},"path":${jsonString(s.path)},"route":${jsonString(s.route)}`;
+    line += `,"upstream":${jsonString(s.upstream)},"status":${s.status},"bytes":${s.bytes},"durationMs":${ms(s.durationMs)}`;
+    if (s.upstreamMs !== undefined) line += `,"upstreamMs":${ms(s.upstreamMs)}`;
+    line += `,"cache":${jsonString(s.cache)}`;
+    if (s.cacheTier !== undefined) line += `,"cacheTier":${jsonString(s.cacheTier)}`;
+    line += `,"coalesced":${s.coalesced},"clientIp":${jsonString(s.clientIp)}`;
+    if (s.error !== undefined) line += `,"error":${jsonString(s.error)}`;
+    stream.write(`${line},"aborted":${s.aborted},"msg":"request"}\n`);
   };
 }

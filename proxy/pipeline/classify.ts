@@ -140,7 +140,8 @@ function state(ctx: RequestContext, body: string, rules: RouteCacheConfig, keyTa
     tenant,
     body,
   });
-  const reqNoStore = /(^|,)\s*no-store\s*(,|$)/i.test(String(headers["cache-control"] ?? ""));
+  const cc = headers["cache-control"];
+  const reqNoStore = cc !== undefined && /(^|,)\s*no-store\s*(,|$)/i.test(cc);
   return {
     rules,
     primaryKey: key,

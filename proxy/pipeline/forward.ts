@@ -63,8 +63,9 @@ export function createForwardStage(
       const upstream = ctx.upstream;
       const route = ctx.route;
       if (!upstream || !route) throw new Error("forward stage reached without a route");
-      const headers = ctx.req.headers;
-      stripRequestHopByHop(headers, false);
+      // http-proxy-3 copies req.headers upstream.
+      const headers = stripRequestHopByHop(ctx.req.headers, false);
+      ctx.req.headers = headers;
       const encrypted = "encrypted" in ctx.req.socket && ctx.req.socket.encrypted === true;
       setForwardedHeaders(headers, ctx.peerIp, encrypted, trust.has(ctx.peerIp));
       headers["x-request-id"] = ctx.id;

@@ -65,6 +65,11 @@ export class IdleSweeper {
     this.watches.delete(w);
   }
 
+  /** How many watches are registered (tests: finished bodies must not linger until the next tick). */
+  get watching(): number {
+    return this.watches.size;
+  }
+
   /** Closes the agent's free sockets once they have been idle for `timeoutMs` (0: never). */
   watchAgent(agent: Agent, timeoutMs: number): void {
     if (timeoutMs <= 0) return;

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import net from "node:net";
 import { after, describe, test } from "node:test";
+import { idleSweeper } from "../../proxy/upstream/idle-sweeper.js";
 import { simpleConfig, startGate, type TestGate } from "../helpers/cachegate.js";
 import { generated, readFrames, request, sleep } from "../helpers/http.js";
 import { closedPort, echoHandler, startUpstream, type TestUpstream } from "../helpers/upstream.js";
@@ -145,6 +146,31 @@ describe("forwarding", () => {
       headers: Record<string, string>;
     }>();
     assert.equal(b.headers.host, "public.example");
+  });
+
+  test("a response body leaves the idle sweeper when it closes, not at the sweeper's next tick", async () => {
+    // A watch left for the next tick keeps the whole exchange alive through young-generation GCs (promoted).
+    const up = await upstream(echoHandler);
+    const gate = await gateFor(up);
+    for (let i = 0; i < 5; i++) {
+      const r = await request(`${gate.url}/w${i}`);
+      assert.equal(r.status, 200);
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.equal(idleSweeper.watching, 0, `request ${i}: its body was unwatched on close`);
+    }
+    // The watch is really taken while a body flows: a slow body is watched until it ends.
+    const slow = await upstream((_req, res) => {
+      res.writeHead(200, { "content-type": "text/plain" });
+      res.write("a");
+      setTimeout(() => res.end("b"), 100);
+    });
+    const slowGate = await gateFor(slow);
+    const pending = request(`${slowGate.url}/slow`);
+    await sleep(50);
+    assert.equal(idleSweeper.watching, 1, "a flowing body is watched");
+    assert.equal((await pending).body.toString(), "ab");
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(idleSweeper.watching, 0);
   });
 
   test("propagates a well-formed X-Request-Id and replaces a malformed one", async () => {
