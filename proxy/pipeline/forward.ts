@@ -16,7 +16,7 @@ import type { Slot, UpstreamLimiters } from "../resilience/upstream-limiter.js";
 import type { TrustedProxies } from "../upstream/forwarded.js";
 import { setForwardedHeaders } from "../upstream/forwarded.js";
 import type { Forwarder, UpstreamResponse } from "../upstream/forwarder.js";
-import { endToEndResponseHeaders, stripRequestHopByHop } from "../upstream/hop-by-hop.js";
+import { endToEndResponseHeaders, withoutRequestHopByHop } from "../upstream/hop-by-hop.js";
 import { circuitOpenResponse } from "./breaker.js";
 import { planFromEntry } from "./lookup.js";
 import type { RequestStage } from "./pipeline.js";
@@ -64,7 +64,7 @@ export function createForwardStage(
       const route = ctx.route;
       if (!upstream || !route) throw new Error("forward stage reached without a route");
       // http-proxy-3 copies req.headers upstream.
-      const headers = stripRequestHopByHop(ctx.req.headers, false);
+      const headers = withoutRequestHopByHop(ctx.req.headers, false);
       ctx.req.headers = headers;
       const encrypted = "encrypted" in ctx.req.socket && ctx.req.socket.encrypted === true;
       setForwardedHeaders(headers, ctx.peerIp, encrypted, trust.has(ctx.peerIp));

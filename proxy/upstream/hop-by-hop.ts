@@ -31,7 +31,7 @@ function connectionTokens(value: string | string[] | undefined): readonly string
  * Kept: `transfer-encoding: chunked` without a Content-Length, because Node re-frames the outgoing body from it.
  * Removed: `expect`, because Node's server has already answered 100-continue to the client.
  */
-export function stripRequestHopByHop(
+export function withoutRequestHopByHop(
   headers: IncomingHttpHeaders,
   keepUpgrade: boolean,
 ): IncomingHttpHeaders {
@@ -59,7 +59,7 @@ export function endToEndResponseHeaders(headers: IncomingHttpHeaders): OutgoingH
   const out: OutgoingHttpHeaders = {};
   const named = connectionTokens(headers.connection);
   for (const name in headers) {
-    if (HOP_BY_HOP.has(name) || (named.length > 0 && named.includes(name))) continue;
+    if (HOP_BY_HOP.has(name) || named.includes(name)) continue;
     const v = headers[name];
     if (v !== undefined) out[name] = v;
   }

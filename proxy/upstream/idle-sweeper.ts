@@ -58,8 +58,8 @@ export class IdleSweeper {
 
   /**
    * Stops watching `w` now. Owners call this as soon as their body is over: a watch left for the next tick keeps
-   * its exchange's whole object graph alive across young-generation collections, which promotes it (measured: 5x
-   * the scavenge time of a bare http-proxy-3 proxy at 8k req/s).
+   * its exchange's whole object graph alive across young-generation collections, which promotes it (measured under
+   * wrk -c50 for 5 s: 719 ms of scavenges, against 152 ms once bodies were unwatched on close).
    */
   unwatch(w: IdleWatch): void {
     this.watches.delete(w);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import type { IncomingHttpHeaders } from "node:http";
 import { test } from "node:test";
-import { endToEndResponseHeaders, stripRequestHopByHop } from "../../proxy/upstream/hop-by-hop.js";
+import { endToEndResponseHeaders, withoutRequestHopByHop } from "../../proxy/upstream/hop-by-hop.js";
 
 test("request: drops the fixed hop-by-hop set and every field Connection names, keeps the rest", () => {
   const h: IncomingHttpHeaders = {
@@ -17,7 +17,7 @@ test("request: drops the fixed hop-by-hop set and every field Connection names, 
     "content-length": "3",
   };
   const before = { ...h };
-  assert.deepEqual(stripRequestHopByHop(h, false), { authorization: "Bearer k", "content-length": "3" });
+  assert.deepEqual(withoutRequestHopByHop(h, false), { authorization: "Bearer k", "content-length": "3" });
   assert.deepEqual(h, before, "the request's own headers object is left as it was");
 });
 
@@ -27,7 +27,7 @@ test("request: keeps chunked framing when there is no Content-Length, and Upgrad
     connection: "Upgrade",
     upgrade: "websocket",
   };
-  assert.equal(stripRequestHopByHop(h, true), h, "nothing to remove: the same object, not a copy");
+  assert.equal(withoutRequestHopByHop(h, true), h, "nothing to remove: the same object, not a copy");
   assert.deepEqual(h, { "transfer-encoding": "chunked", connection: "Upgrade", upgrade: "websocket" });
 });
 
