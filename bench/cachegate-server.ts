@@ -1,7 +1,7 @@
 // cachegate as production builds it (config through the real loader, the production logger and default metrics),
 // on 127.0.0.1:0 with the admin port on 0, logging at info to /dev/null so the cost of the access log is counted.
-import pino from "pino";
 import { loadConfig } from "../config/load.js";
+import { logDestination } from "../proxy/observability/log-destination.js";
 import { createLogger } from "../proxy/observability/logger.js";
 import { startCachegate } from "../proxy/server.js";
 import { announce, exitOnParentSignal, requireEnv } from "./child.js";
@@ -23,8 +23,7 @@ const forced = process.env.BENCH_CACHE_HITS
 // BENCH_REDIS_URL: the shared L2 tier, coalescing leases and purge fan-out (the stampede benchmark's pair).
 const redisUrl = process.env.BENCH_REDIS_URL;
 const config = redisUrl ? { ...forced, redis: { ...forced.redis, url: redisUrl } } : forced;
-const destination = pino.destination({ dest: "/dev/null", sync: false });
-const logger = createLogger(config.log.level, destination);
+const logger = createLogger(config.log.level, logDestination("/dev/null"));
 const gate = await startCachegate(config, { logger, defaultMetrics: true });
 
 announce("cachegate", gate.port);

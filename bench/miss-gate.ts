@@ -8,7 +8,6 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pino from "pino";
 import { announce, exitOnParentSignal, requireEnv } from "./child.js";
 
 const upstream = requireEnv("BENCH_UPSTREAM_URL");
@@ -27,6 +26,7 @@ const original = { yieldLoop: local.yieldLoop, trigger: events.trigger };
 
 const { loadConfig } = await import("../config/load.js");
 const { createLogger } = await import("../proxy/observability/logger.js");
+const { logDestination } = await import("../proxy/observability/log-destination.js");
 const { startCachegate } = await import("../proxy/server.js");
 const { BOTTLENECK_PATCH } = await import("../proxy/resilience/bottleneck.js");
 if (variant === "unpatched") {
@@ -59,7 +59,7 @@ writeFileSync(
 );
 // An empty env: CACHEGATE_* variables of the shell must not change what is measured.
 const { config } = loadConfig({ config: file }, {});
-const logger = createLogger(config.log.level, pino.destination({ dest: "/dev/null", sync: false }));
+const logger = createLogger(config.log.level, logDestination("/dev/null"));
 const gate = await startCachegate(config, { logger, defaultMetrics: true });
 
 // The parent reads this process's CPU time around each run (CPU per request is steadier than requests/s on a busy

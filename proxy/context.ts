@@ -81,6 +81,11 @@ export interface RequestContext {
   coalesced: boolean;
   /** The response came from the upstream (not the cache, not an error made here). */
   fromUpstream: boolean;
+  /**
+   * The upstream's response body, once forward has it. Whatever becomes of it (piped, teed, replaced by a stage),
+   * it is destroyed when the client's exchange closes while nothing reads it.
+   */
+  upstreamResponseBody: Readable | undefined;
   /** ms from arrival until the upstream's response headers, if the upstream was asked. */
   upstreamMs: number | undefined;
   /** Error code when cachegate produced or cut the response. */

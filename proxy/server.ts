@@ -7,7 +7,7 @@ import { createAdminServer } from "./admin/admin-server.js";
 import { createPurgeHandler } from "./admin/purge.js";
 import { createReloadHandler } from "./admin/reload.js";
 import { type CacheService, createCacheService } from "./cache/cache-service.js";
-import type { RequestContext } from "./context.js";
+import type { RequestContext, ResponsePlan } from "./context.js";
 import { ERRORS, errorBody, ProxyError } from "./errors.js";
 import { ProxyEvents, type RequestSummary } from "./observability/events.js";
 import { createAccessLog, createLogger, type Logger } from "./observability/logger.js";
@@ -102,6 +102,7 @@ class Context implements RequestContext {
   upstreamBody: Buffer | undefined = undefined;
   upstreamBodyPrefix: Buffer[] | undefined = undefined;
   fromUpstream = false;
+  upstreamResponseBody: RequestContext["upstreamResponseBody"] = undefined;
   clientConditionals: Record<string, string | undefined> = {};
   coalesced = false;
   responseHeaders: Record<string, string> | undefined = undefined;
@@ -242,10 +243,14 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     res.setMaxListeners(20);
     const bytesBefore = socket.bytesWritten;
 
-    res.once("close", () => {
+    res.on("close", () => {
       inFlight--;
       // Whatever happened, a coalesced flight this request led must not leave followers waiting.
       ctx.cache?.flight?.release("failed");
+      // An upstream body nobody reads any more (a stage replaced the response): drop it, which frees its socket
+      // and its concurrency slot.
+      const body = ctx.upstreamResponseBody;
+      if (body && !body.readableEnded && body.readableFlowing !== true) body.destroy();
       const aborted = !res.writableFinished && ctx.errorCode !== "upstream_aborted";
       const summary: RequestSummary = {
         reqId: id,
@@ -269,18 +274,45 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     });
 
     // While draining, requests that still arrive on kept-alive connections are served, with `connection: close`.
-    runPipeline(gen.pipeline, ctx).then(
-      (plan) => deliver(ctx, plan, deliverOpts),
-      (err: unknown) => {
-        const pe = asProxyError(err);
-        if (pe.code === "internal_error") ctx.log.error({ err }, "request failed inside cachegate");
-        if (pe.code === "client_closed") {
-          ctx.errorCode = "client_closed";
-          return;
+    let plan: ReturnType<typeof runPipeline>;
+    try {
+      plan = runPipeline(gen.pipeline, ctx);
+    } catch (err) {
+      return failed(ctx, err);
+    }
+    if (plan instanceof Promise) {
+      plan.then(
+        (p) => send(ctx, p),
+        (err: unknown) => failed(ctx, err),
+      );
+    } else send(ctx, plan);
+  };
+  const failed = (ctx: Context, err: unknown) => {
+    const pe = asProxyError(err);
+    if (pe.code === "internal_error") ctx.log.error({ err }, "request failed inside cachegate");
+    if (pe.code === "client_closed") {
+      ctx.errorCode = "client_closed";
+      return;
+    }
+    send(ctx, errorResponse(ctx, pe));
+  };
+  // deliver() throwing (a bug, or node:http refusing a header) must cost this request only, never the process.
+  const send = (ctx: Context, plan: ResponsePlan) => {
+    try {
+      deliver(ctx, plan, deliverOpts);
+    } catch (err) {
+      ctx.log.error({ err }, "response could not be written");
+      if (plan.body && !Buffer.isBuffer(plan.body)) plan.body.destroy();
+      if (!ctx.res.headersSent) {
+        try {
+          return deliver(ctx, errorResponse(ctx, new ProxyError("internal_error")), deliverOpts);
+        } catch {
+          // fall through: cut the connection
         }
-        deliver(ctx, errorResponse(ctx, pe), deliverOpts);
-      },
-    );
+      }
+      ctx.errorCode = "internal_error";
+      ctx.res.destroy();
+    }
   };
 
   const server = http.createServer(

@@ -18,9 +18,9 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pino from "pino";
 import { loadConfig } from "../../config/load.js";
 import { BUILTIN_PLUGINS } from "../../plugins/index.js";
+import { logDestination } from "../../proxy/observability/log-destination.js";
 import { createLogger } from "../../proxy/observability/logger.js";
 import { type Cachegate, startCachegate } from "../../proxy/server.js";
 import { type DifySim, startDifySim } from "./dify-upstream.js";
@@ -92,7 +92,7 @@ async function startStack(): Promise<Stack> {
   const dir = mkdtempSync(join(tmpdir(), "cachegate-demo-"));
   const logFile = join(dir, "cachegate.log");
   const configFile = demoConfigFile(dir);
-  const logger = createLogger("info", pino.destination({ dest: logFile, sync: false, mkdir: true }));
+  const logger = createLogger("info", logDestination(logFile));
   // An empty environment: the shell's CACHEGATE_* variables must not change what the demo shows.
   const start = (plugins: string[]) =>
     startCachegate(loadConfig({ config: configFile, upstream: sim.url, plugin: plugins }, {}).config, {

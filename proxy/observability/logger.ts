@@ -2,6 +2,7 @@
 import pino, { type DestinationStream, type Logger } from "pino";
 import type { LogLevel } from "../../config/schema.js";
 import type { RequestSummary } from "./events.js";
+import { logDestination } from "./log-destination.js";
 
 export type { Logger };
 
@@ -25,7 +26,7 @@ export function createLogger(level: LogLevel, destination?: DestinationStream): 
       redact: { paths: REDACT_PATHS, censor: "[REDACTED]" },
       formatters: { level: (label) => ({ level: label }) },
     },
-    destination ?? pino.destination({ dest: 1, sync: false }),
+    destination ?? logDestination(1),
   );
 }
 
@@ -36,21 +37,39 @@ function jsonString(s: string): string {
   return PLAIN.test(s) ? `"${s}"` : JSON.stringify(s);
 }
 
-/** ms with µs precision: the access log's durations. */
-function ms(n: number): string {
-  return String(Math.round(n * 1000) / 1000);
+/** Three digits, zero-padded (0 <= n < 1000). */
+function pad3(n: number): string {
+  return n < 10 ? `00${n}` : n < 100 ? `0${n}` : `${n}`;
 }
 
-let isoMs = -1;
-let iso = "";
-/** `new Date().toISOString()`, computed at most once per millisecond. */
-function isoNow(): string {
-  const now = Date.now();
-  if (now !== isoMs) {
-    isoMs = now;
-    iso = new Date(now).toISOString();
+/**
+ * ms with µs precision, as `String(Math.round(n * 1000) / 1000)` prints it ("12", "0.5", "1.234"), from integers
+ * only: formatting a fraction costs several times more than formatting small integers, which V8 caches.
+ */
+export function ms(n: number): string {
+  const us = Math.round(n * 1000);
+  if (!(us >= 0 && us < Number.MAX_SAFE_INTEGER)) return String(Math.round(n * 1000) / 1000);
+  const whole = Math.floor(us / 1000);
+  const frac = us - whole * 1000;
+  if (frac === 0) return `${whole}`;
+  if (frac % 100 === 0) return `${whole}.${frac / 100}`;
+  if (frac % 10 === 0) {
+    const f = frac / 10;
+    return `${whole}.${f < 10 ? `0${f}` : f}`;
   }
-  return iso;
+  return `${whole}.${pad3(frac)}`;
+}
+
+let isoSecond = -1;
+let isoPrefix = "";
+/** `new Date().toISOString()`, with the date and time up to the second formatted once per second. */
+export function isoNow(now = Date.now()): string {
+  const second = Math.floor(now / 1000);
+  if (second !== isoSecond) {
+    isoSecond = second;
+    isoPrefix = new Date(second * 1000).toISOString().slice(0, 20); // "2026-12-03T12:00:01."
+  }
+  return `${isoPrefix}${pad3(now - second * 1000)}Z`;
 }
 
 /**

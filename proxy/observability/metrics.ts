@@ -1,31 +1,20 @@
 // Prometheus metrics (prom-client) on a registry of our own. Everything here listens to ProxyEvents;
 // label values come from fixed sets (route and upstream names from the config, status classes, known methods).
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Registry } from "prom-client";
+import { CellCounter, CellHistogram } from "./cells.js";
 import type { ProxyEvents } from "./events.js";
 
 const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
-/** Caches f's result per argument list (label values come from small fixed sets, so the map stays small). */
-function memo<A extends string[], R>(f: (...args: A) => R): (...args: A) => R {
-  const cache = new Map<string, R>();
-  return (...args: A) => {
-    const k = args.join("\u0000");
-    let v = cache.get(k);
-    if (v === undefined) {
-      v = f(...args);
-      cache.set(k, v);
-    }
-    return v;
-  };
-}
-
 export function methodLabel(method: string): string {
   return KNOWN_METHODS.has(method) ? method : "OTHER";
 }
 
+const STATUS_CLASSES = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
 export function statusClass(status: number): string {
-  return status >= 100 && status < 600 ? `${Math.floor(status / 100)}xx` : "other";
+  return status >= 100 && status < 600 ? (STATUS_CLASSES[Math.floor(status / 100)] as string) : "other";
 }
 
 export interface Metrics {
@@ -45,13 +34,14 @@ export function createMetrics(
   const registry = new Registry();
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
 
-  const requests = new Counter({
+  // Counted on every request: cells (see cells.ts), folded into prom-client on scrape.
+  const requests = new CellCounter({
     name: "cachegate_requests_total",
     help: "Requests answered, by route, method and status class.",
     labelNames: ["route", "method", "status_class"] as const,
     registers: [registry],
   });
-  const duration = new Histogram({
+  const duration = new CellHistogram({
     name: "cachegate_request_duration_seconds",
     help: "Time from request arrival to the end of the response, by route and cache status.",
     labelNames: ["route", "cache"] as const,
@@ -70,7 +60,7 @@ export function createMetrics(
     labelNames: ["route", "code"] as const,
     registers: [registry],
   });
-  const upstreamTtfb = new Histogram({
+  const upstreamTtfb = new CellHistogram({
     name: "cachegate_upstream_response_seconds",
     help: "Time until the upstream's response headers arrived, by upstream and status class.",
     labelNames: ["upstream", "status_class"] as const,
@@ -78,13 +68,13 @@ export function createMetrics(
     registers: [registry],
   });
 
-  const cacheResults = new Counter({
+  const cacheResults = new CellCounter({
     name: "cachegate_cache_requests_total",
     help: "Responses by route and X-Cache value (HIT, MISS, STALE, REVALIDATED, BYPASS).",
     labelNames: ["route", "cache"] as const,
     registers: [registry],
   });
-  const tierHits = new Counter({
+  const tierHits = new CellCounter({
     name: "cachegate_cache_hits_total",
     help: "Responses served from the cache (HIT, STALE, REVALIDATED), by route and the tier that held the entry.",
     labelNames: ["route", "tier"] as const,
@@ -160,25 +150,17 @@ export function createMetrics(
   events.on("cache:refresh", (e) => refreshes.labels(e.outcome).inc());
   events.on("ratelimit:limited", (e) => rateLimited.labels(e.route, e.mode).inc());
   events.on("ratelimit:fallback", () => rateLimitFallbacks.inc());
-  // Labelled children looked up once per label combination: prom-client hashes the label values on every
-  // labels() call, and these run for every request.
-  const requestChild = memo((route: string, method: string, sc: string) =>
-    requests.labels(route, method, sc),
-  );
-  const cacheChild = memo((route: string, cache: string) => cacheResults.labels(route, cache));
-  const durationChild = memo((route: string, cache: string) => duration.labels(route, cache));
-  const ttfbChild = memo((upstream: string, sc: string) => upstreamTtfb.labels(upstream, sc));
   events.on("request:end", (s) => {
-    requestChild(s.route, methodLabel(s.method), statusClass(s.status)).inc();
-    cacheChild(s.route, s.cache).inc();
-    if (s.cacheTier) tierHits.labels(s.route, s.cacheTier).inc();
+    requests.cell(s.route, methodLabel(s.method), statusClass(s.status)).pending++;
+    cacheResults.cell(s.route, s.cache).pending++;
+    if (s.cacheTier) tierHits.cell(s.route, s.cacheTier).pending++;
     if (s.coalesced) coalesced.labels(s.route).inc();
-    durationChild(s.route, s.cache).observe(s.durationMs / 1000);
+    duration.cell(s.route, s.cache).observe(s.durationMs / 1000);
     if (s.aborted) aborted.labels(s.route).inc();
     if (s.error) errors.labels(s.route, s.error).inc();
   });
   events.on("upstream:response", (u) => {
-    ttfbChild(u.upstream, statusClass(u.status)).observe(u.ttfbMs / 1000);
+    upstreamTtfb.cell(u.upstream, statusClass(u.status)).observe(u.ttfbMs / 1000);
   });
   return { registry };
 }

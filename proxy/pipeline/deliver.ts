@@ -74,12 +74,14 @@ export function deliver(ctx: RequestContext, plan: ResponsePlan, opts: DeliverOp
     if (!ctx.req.socket.destroyed) ctx.errorCode ??= "upstream_aborted";
     res.destroy();
   };
-  body.once("error", cut);
-  body.once("close", () => {
+  // `on`, not `once`: "close" happens once, and an "error" listener that stays is harmless (a once-wrapper each
+  // is not free on a path every response takes).
+  body.on("error", cut);
+  body.on("close", () => {
     if (!body.readableEnded) cut();
   });
   // The client left: stop reading the upstream (which aborts the upstream request).
-  res.once("close", () => {
+  res.on("close", () => {
     if (!body.readableEnded) body.destroy();
   });
   body.pipe(res);

@@ -19,8 +19,7 @@ import type { Forwarder, UpstreamResponse } from "../upstream/forwarder.js";
 import { endToEndResponseHeaders, withoutRequestHopByHop } from "../upstream/hop-by-hop.js";
 import { circuitOpenResponse } from "./breaker.js";
 import { planFromEntry } from "./lookup.js";
-import type { RequestStage } from "./pipeline.js";
-import { respond } from "./pipeline.js";
+import { type RequestStage, respond, type Verdict } from "./pipeline.js";
 
 /** The body to send upstream: the request stream, or what classify read of it (replayed first). */
 function upstreamBody(ctx: RequestContext): Readable | undefined {
@@ -35,17 +34,6 @@ function upstreamBody(ctx: RequestContext): Readable | undefined {
   return undefined;
 }
 
-/** Gives the slot back once the upstream body is over: ended, failed, or abandoned by everyone downstream. */
-function releaseAfterBody(slot: Slot, up: UpstreamResponse, res: RequestContext["res"]): void {
-  const body = up.body;
-  // An IncomingMessage emits "close" once, after "end" or after an error or destroy() (`on`: no once-wrapper).
-  body.on("close", () => slot.release());
-  // The exchange with the client is over and nothing reads the body (a stage dropped it): drop it too.
-  res.on("close", () => {
-    if (!body.readableEnded && body.readableFlowing !== true) body.destroy();
-  });
-}
-
 export interface ForwardResilience {
   breakers?: Breakers;
   limiters?: UpstreamLimiters;
@@ -57,12 +45,70 @@ export function createForwardStage(
   events: ProxyEvents,
   resilience: ForwardResilience = {},
 ): RequestStage {
+  /** The upstream call failed or was refused: a stand-in answer (circuit open, stale-if-error) or the error. */
+  const onFailure = (ctx: RequestContext, err: unknown, slot: Slot | undefined): Verdict => {
+    slot?.release({ error: err instanceof ProxyError ? err.code : "internal_error" });
+    if (err instanceof ProxyError && err.code === "upstream_circuit_open") {
+      return respond(circuitOpenResponse(ctx, err));
+    }
+    const stale = ctx.cache?.stale;
+    const now = Date.now();
+    if (stale && err instanceof ProxyError && err.code !== "client_closed" && usableOnError(stale, now)) {
+      // RFC 5861 §4: stale-if-error covers an unreachable, timed-out or overloaded upstream.
+      Object.assign(ctx.req.headers, ctx.clientConditionals);
+      ctx.errorCode = err.code;
+      return respond(planFromEntry(ctx, stale, "STALE", undefined, now));
+    }
+    throw err;
+  };
+
+  const onResponse = (ctx: RequestContext, up: UpstreamResponse, slot: Slot | undefined): Verdict => {
+    // The slot itself goes back when the body is over (the forwarder's onBodyClose).
+    slot?.observe({ ttfbMs: up.ttfbMs, status: up.status });
+    ctx.fromUpstream = true;
+    ctx.upstreamResponseBody = up.body;
+    ctx.upstreamMs = performance.now() - ctx.startedAt;
+    events.emit("upstream:response", {
+      upstream: (ctx.upstream as NonNullable<RequestContext["upstream"]>).name,
+      route: (ctx.route as NonNullable<RequestContext["route"]>).name,
+      status: up.status,
+      ttfbMs: up.ttfbMs,
+    });
+    return respond({
+      status: up.status,
+      statusMessage: up.statusMessage,
+      headers: endToEndResponseHeaders(up.headers),
+      body: up.body,
+    });
+  };
+
+  /** With a slot (or no limiter): the call, through the breaker when there is one. */
+  const send = (ctx: RequestContext, slot: Slot | undefined): Promise<Verdict> => {
+    const upstream = ctx.upstream as NonNullable<RequestContext["upstream"]>;
+    const breaker = resilience.breakers?.get(upstream.name);
+    let call: Promise<UpstreamResponse>;
+    try {
+      // The client left while the upstream was busy with others: don't send its request.
+      if (slot && ctx.res.destroyed) throw new ProxyError("client_closed");
+      const release = slot ? () => slot.release() : undefined;
+      const forward = () => forwarder.forward(ctx.req, ctx.res, upstream, upstreamBody(ctx), release);
+      call = breaker ? breaker.run(forward, isServerError) : forward();
+    } catch (err) {
+      call = Promise.reject(err);
+    }
+    return call.then(
+      (up) => onResponse(ctx, up, slot),
+      (err: unknown) => onFailure(ctx, err, slot),
+    );
+  };
+
   return {
     name: "forward",
-    async run(ctx: RequestContext) {
+    // Not an async function: a request with a free slot costs the upstream call's promises and one more here.
+    run(ctx: RequestContext): Promise<Verdict> {
       const upstream = ctx.upstream;
       const route = ctx.route;
-      if (!upstream || !route) throw new Error("forward stage reached without a route");
+      if (!upstream || !route) return Promise.reject(new Error("forward stage reached without a route"));
       // http-proxy-3 copies req.headers upstream.
       const headers = withoutRequestHopByHop(ctx.req.headers, false);
       ctx.req.headers = headers;
@@ -82,50 +128,19 @@ export function createForwardStage(
       }
 
       const limiter = resilience.limiters?.get(upstream.name);
-      const breaker = resilience.breakers?.get(upstream.name);
-      let slot: Slot | undefined;
-      let up: UpstreamResponse;
-      try {
-        if (limiter) {
-          // A lingering slot is taken without a promise; otherwise wait in the limiter's queue.
-          slot = limiter.tryAcquire() ?? (await limiter.wait(ctx.res));
-          // The client left while the upstream was busy with others: don't send its request.
-          if (ctx.res.destroyed) throw new ProxyError("client_closed");
-        }
-        const call = () => forwarder.forward(ctx.req, ctx.res, upstream, upstreamBody(ctx));
-        up = breaker ? await breaker.run(call, (r) => r.status >= 500) : await call();
-      } catch (err) {
-        slot?.release({ error: err instanceof ProxyError ? err.code : "internal_error" });
-        if (err instanceof ProxyError && err.code === "upstream_circuit_open") {
-          return respond(circuitOpenResponse(ctx, err));
-        }
-        const now = Date.now();
-        if (stale && err instanceof ProxyError && err.code !== "client_closed" && usableOnError(stale, now)) {
-          // RFC 5861 §4: stale-if-error covers an unreachable, timed-out or overloaded upstream.
-          Object.assign(ctx.req.headers, ctx.clientConditionals);
-          ctx.errorCode = err.code;
-          return respond(planFromEntry(ctx, stale, "STALE", undefined, now));
-        }
-        throw err;
-      }
-      if (slot) {
-        slot.observe({ ttfbMs: up.ttfbMs, status: up.status });
-        releaseAfterBody(slot, up, ctx.res);
-      }
-      ctx.fromUpstream = true;
-      ctx.upstreamMs = performance.now() - ctx.startedAt;
-      events.emit("upstream:response", {
-        upstream: upstream.name,
-        route: route.name,
-        status: up.status,
-        ttfbMs: up.ttfbMs,
-      });
-      return respond({
-        status: up.status,
-        statusMessage: up.statusMessage,
-        headers: endToEndResponseHeaders(up.headers),
-        body: up.body,
-      });
+      if (!limiter) return send(ctx, undefined);
+      // A lingering slot is taken without a promise; otherwise wait in the limiter's queue.
+      const slot = limiter.tryAcquire();
+      if (slot) return send(ctx, slot);
+      return limiter.wait(ctx.res).then(
+        (s) => send(ctx, s),
+        (err: unknown) => onFailure(ctx, err, undefined),
+      );
     },
   };
+}
+
+/** A 5xx counts as a failure for the breaker (and is still the answer). */
+function isServerError(r: UpstreamResponse): boolean {
+  return r.status >= 500;
 }

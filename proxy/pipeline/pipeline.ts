@@ -30,21 +30,51 @@ function isPromise<T>(v: T | Promise<T>): v is Promise<T> {
   return typeof (v as { then?: unknown } | null)?.then === "function";
 }
 
-/** Runs the stages; the synchronous path (a cache hit decided without I/O) never awaits. */
-export async function runPipeline(pipeline: Pipeline, ctx: RequestContext): Promise<ResponsePlan> {
-  let response: ResponsePlan | undefined;
-  for (const stage of pipeline.requestStages) {
-    let verdict = stage.run(ctx);
-    if (isPromise(verdict)) verdict = await verdict;
-    if (verdict.action === "respond") {
-      response = verdict.response;
-      break;
-    }
+/**
+ * Runs the stages. Synchronous for as long as the stages are: a hit decided without I/O, or a miss up to the forward
+ * stage, costs no promise here; from the first stage that returns one, the rest runs after it settles.
+ * A stage that throws synchronously makes this throw (the caller handles both ways alike).
+ */
+export function runPipeline(pipeline: Pipeline, ctx: RequestContext): ResponsePlan | Promise<ResponsePlan> {
+  const stages = pipeline.requestStages;
+  for (let i = 0; i < stages.length; i++) {
+    const verdict = (stages[i] as RequestStage).run(ctx);
+    if (isPromise(verdict)) return verdict.then((v) => afterRequestStage(pipeline, ctx, v, i + 1));
+    if (verdict.action === "respond") return runResponseStages(pipeline, ctx, verdict.response, 0);
   }
-  if (!response) throw new Error("pipeline ended without a response: the last request stage must respond");
-  for (const stage of pipeline.responseStages) {
-    const next = stage.run(ctx, response);
-    response = isPromise(next) ? await next : next;
+  return noResponse();
+}
+
+function noResponse(): never {
+  throw new Error("pipeline ended without a response: the last request stage must respond");
+}
+
+async function afterRequestStage(
+  pipeline: Pipeline,
+  ctx: RequestContext,
+  verdict: Verdict,
+  next: number,
+): Promise<ResponsePlan> {
+  const stages = pipeline.requestStages;
+  for (let i = next; verdict.action !== "respond"; i++) {
+    if (i >= stages.length) noResponse();
+    const v = (stages[i] as RequestStage).run(ctx);
+    verdict = isPromise(v) ? await v : v;
+  }
+  return runResponseStages(pipeline, ctx, verdict.response, 0);
+}
+
+function runResponseStages(
+  pipeline: Pipeline,
+  ctx: RequestContext,
+  response: ResponsePlan,
+  from: number,
+): ResponsePlan | Promise<ResponsePlan> {
+  const stages = pipeline.responseStages;
+  for (let i = from; i < stages.length; i++) {
+    const next = (stages[i] as ResponseStage).run(ctx, response);
+    if (isPromise(next)) return next.then((r) => runResponseStages(pipeline, ctx, r, i + 1));
+    response = next;
   }
   return response;
 }

@@ -97,6 +97,9 @@ class Exchange implements IdleWatch {
   idleSince = 0;
   private responseTimer: NodeJS.Timeout | undefined;
   private connectTimer: NodeJS.Timeout | undefined;
+  /** Called once the response body has closed (ended, failed or destroyed). */
+  onBodyClose: (() => void) | undefined = undefined;
+  private watched = false;
   private resolve!: (r: UpstreamResponse) => void;
   private reject!: (e: ProxyError) => void;
   private readonly started = performance.now();
@@ -154,10 +157,12 @@ class Exchange implements IdleWatch {
       this.body = proxyRes;
       this.idleSocket = socket;
       this.idleLimitMs = idle;
+      this.watched = true;
       idleSweeper.watch(this);
-      // "close" follows "end", an error and destroy() alike (`on`: no once-wrapper for a one-shot event).
-      proxyRes.on("close", this.unwatch);
     }
+    // One listener for everything that waits for the body to be over. "close" follows "end", an error and
+    // destroy() alike (`on`: no once-wrapper for a one-shot event).
+    if (this.watched || this.onBodyClose) proxyRes.on("close", this.bodyClosed);
     this.resolve({
       status: proxyRes.statusCode ?? 502,
       statusMessage: proxyRes.statusMessage ?? "",
@@ -205,8 +210,9 @@ class Exchange implements IdleWatch {
     if (this.connectTimer) clearTimeout(this.connectTimer);
   }
 
-  private readonly unwatch = (): void => {
-    idleSweeper.unwatch(this);
+  private readonly bodyClosed = (): void => {
+    if (this.watched) idleSweeper.unwatch(this);
+    this.onBodyClose?.();
   };
 
   private readonly clearConnectTimer = (): void => {
@@ -283,15 +289,19 @@ export class Forwarder {
 
   /**
    * Forwards `req` to `upstream`; resolves with the response headers and a body stream. `body` replaces the
-   * request stream when a stage has already read it (a keyed POST body).
+   * request stream when a stage has already read it (a keyed POST body). `onBodyClose` runs once the response
+   * body is over (ended, failed or destroyed); not at all when the call fails before a response.
    */
   forward(
     req: IncomingMessage,
     res: ServerResponse,
     upstream: Upstream,
     body?: Readable,
+    onBodyClose?: () => void,
   ): Promise<UpstreamResponse> {
-    return new Exchange(this, req, res, upstream).start(body);
+    const exchange = new Exchange(this, req, res, upstream);
+    exchange.onBodyClose = onBodyClose;
+    return exchange.start(body);
   }
 
   /**

@@ -14,8 +14,14 @@ const HOP_BY_HOP_NAMES = [
 const HOP_BY_HOP = new Set<string>(HOP_BY_HOP_NAMES);
 const NONE: readonly string[] = [];
 
+// The values nearly every message carries, answered without splitting.
+const KEEP_ALIVE: readonly string[] = Object.freeze(["keep-alive"]);
+const CLOSE: readonly string[] = Object.freeze(["close"]);
+
 function connectionTokens(value: string | string[] | undefined): readonly string[] {
   if (!value) return NONE;
+  if (value === "keep-alive") return KEEP_ALIVE;
+  if (value === "close") return CLOSE;
   const s = Array.isArray(value) ? value.join(",") : value;
   return s
     .split(",")

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { RequestSummary } from "../../proxy/observability/events.js";
-import { createAccessLog, createLogger } from "../../proxy/observability/logger.js";
+import { createAccessLog, createLogger, isoNow, ms } from "../../proxy/observability/logger.js";
 
 function capture(level: "info" | "warn" = "info") {
   const lines: string[] = [];
@@ -78,4 +78,25 @@ test("the level applies: info lines are dropped at warn, warn lines are kept", (
   assert.equal(lines.length, 0);
   log({ ...base, status: 502, error: "upstream_unreachable" }, true);
   assert.equal(lines.length, 1);
+});
+
+test("durations print as String(Math.round(n * 1000) / 1000) would, from integer arithmetic", () => {
+  const samples = [
+    0, 0.0004, 0.0005, 0.001, 0.01, 0.1, 0.5, 1, 1.05, 1.2345678, 1.2, 12, 999.9996, 1000, 65.0001,
+  ];
+  for (let i = 0; i < 2000; i++) samples.push(Math.random() * 10 ** ((i % 7) - 2));
+  for (const n of samples) assert.equal(ms(n), String(Math.round(n * 1000) / 1000), `ms(${n})`);
+});
+
+test("the time field is Date#toISOString, to the millisecond, across second and day boundaries", () => {
+  const at = [
+    Date.UTC(2026, 11, 3, 12, 0, 0, 0),
+    Date.UTC(2026, 11, 3, 12, 0, 0, 7),
+    Date.UTC(2026, 11, 3, 12, 0, 0, 42),
+    Date.UTC(2026, 11, 3, 12, 0, 0, 999),
+    Date.UTC(2026, 11, 3, 12, 0, 1, 0),
+    Date.UTC(2026, 11, 31, 23, 59, 59, 999),
+    Date.UTC(2027, 0, 1, 0, 0, 0, 1),
+  ];
+  for (const t of [...at, ...at.reverse()]) assert.equal(isoNow(t), new Date(t).toISOString());
 });

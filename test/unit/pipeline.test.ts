@@ -48,8 +48,56 @@ test("stops at the first stage that responds and lets response stages replace th
 });
 
 test("fails loudly when no stage responds", async () => {
-  await assert.rejects(
-    runPipeline({ requestStages: [{ name: "a", run: () => CONTINUE }], responseStages: [] }, ctx),
+  // All stages synchronous: the error is thrown at once; after an asynchronous stage: the promise rejects.
+  assert.throws(
+    () => runPipeline({ requestStages: [{ name: "a", run: () => CONTINUE }], responseStages: [] }, ctx),
     /without a response/,
   );
+  await assert.rejects(
+    Promise.resolve(
+      runPipeline(
+        { requestStages: [{ name: "a", run: () => Promise.resolve(CONTINUE) }], responseStages: [] },
+        ctx,
+      ),
+    ),
+    /without a response/,
+  );
+});
+
+test("stays synchronous while the stages are, and continues in order after an asynchronous one", async () => {
+  const ran: string[] = [];
+  const stage = (name: string, verdict: () => ReturnType<Pipeline["requestStages"][number]["run"]>) => ({
+    name,
+    run: () => {
+      ran.push(name);
+      return verdict();
+    },
+  });
+  const plan = { status: 200, headers: {}, body: null };
+  const sync = runPipeline(
+    { requestStages: [stage("a", () => CONTINUE), stage("b", () => respond(plan))], responseStages: [] },
+    ctx,
+  );
+  assert.equal(sync instanceof Promise, false, "no promise when every stage answers synchronously");
+  assert.equal((sync as typeof plan).status, 200);
+
+  ran.length = 0;
+  const later = runPipeline(
+    {
+      requestStages: [
+        stage("a", () => Promise.resolve(CONTINUE)),
+        stage("b", () => CONTINUE),
+        stage("c", () => Promise.resolve(respond(plan))),
+        stage("never", () => CONTINUE),
+      ],
+      responseStages: [
+        { name: "r1", run: (_c, r) => Promise.resolve({ ...r, status: r.status + 1 }) },
+        { name: "r2", run: (_c, r) => ({ ...r, status: r.status + 10 }) },
+      ],
+    },
+    ctx,
+  );
+  assert.ok(later instanceof Promise);
+  assert.equal((await later).status, 211);
+  assert.deepEqual(ran, ["a", "b", "c"]);
 });

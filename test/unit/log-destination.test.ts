@@ -1,0 +1,99 @@
+// The batching log destination: lines arrive whole and in order, within the delay, on flush, and on exit.
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { logDestination } from "../../proxy/observability/log-destination.js";
+import { createLogger } from "../../proxy/observability/logger.js";
+
+const dir = mkdtempSync(join(tmpdir(), "cachegate-log-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const read = (file: string) => {
+  try {
+    return readFileSync(file, "utf8");
+  } catch {
+    return "";
+  }
+};
+
+/** SonicBoom opens a path asynchronously. */
+const opened = (file: string) =>
+  until(() => {
+    try {
+      readFileSync(file);
+      return true;
+    } catch {
+      return false;
+    }
+  }, 2000);
+
+async function until(cond: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (cond()) return true;
+    await sleep(5);
+  }
+  return cond();
+}
+
+test("lines are gathered and written together within the delay, in order", async () => {
+  const file = join(dir, "a.log");
+  const dest = logDestination(file, { maxDelayMs: 150 });
+  const logger = createLogger("info", dest);
+  assert.ok(await opened(file));
+  for (let i = 0; i < 50; i++) logger.info({ i }, "line");
+  await sleep(30);
+  assert.equal(read(file), "", "nothing written before the delay is over");
+  assert.ok(await until(() => read(file).split("\n").length === 51, 2000), "all 50 lines after the delay");
+  const got = read(file)
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l).i);
+  assert.deepEqual(
+    got,
+    Array.from({ length: 50 }, (_, i) => i),
+  );
+  dest.end();
+});
+
+test("a full batch is written at once, and flush() writes what is pending", async () => {
+  const file = join(dir, "b.log");
+  const dest = logDestination(file, { maxDelayMs: 60_000, maxChars: 1000 });
+  assert.ok(await opened(file));
+  dest.write(`${"x".repeat(600)}\n`);
+  dest.write(`${"y".repeat(600)}\n`); // 1202 chars pending: over maxChars
+  assert.ok(await until(() => read(file).length === 1202, 2000), "written without waiting for the delay");
+  dest.write("z\n");
+  await sleep(50);
+  assert.equal(read(file).length, 1202, "a small line waits");
+  await new Promise<void>((resolve, reject) => dest.flush((err) => (err ? reject(err) : resolve())));
+  assert.ok(read(file).endsWith("z\n"));
+  dest.end();
+});
+
+test("a process that exits, even through process.exit, writes what it had pending", () => {
+  const file = join(dir, "c.log");
+  const script = `
+    import { logDestination } from ${JSON.stringify(new URL("../../proxy/observability/log-destination.ts", import.meta.url).href)};
+    import { createLogger } from ${JSON.stringify(new URL("../../proxy/observability/logger.ts", import.meta.url).href)};
+    const dest = logDestination(process.argv[1], { maxDelayMs: 60_000 });
+    const logger = createLogger("info", dest);
+    setTimeout(() => {
+      for (let i = 0; i < 20; i++) logger.info({ i }, "before exit");
+      logger.fatal("last words");
+      process.exit(3);
+    }, 100);
+  `;
+  const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script, file], {
+    encoding: "utf8",
+    timeout: 20_000,
+  });
+  assert.equal(r.status, 3, r.stderr);
+  const lines = read(file).trim().split("\n");
+  assert.equal(lines.length, 21);
+  assert.equal(JSON.parse(lines[20] as string).msg, "last words");
+});
