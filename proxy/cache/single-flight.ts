@@ -70,6 +70,8 @@ interface Flight {
   early: FlightOutcome | undefined;
   /** Leader: the local lease's end. Remote: the next lease poll. */
   timer: NodeJS.Timeout | undefined;
+  /** Leader: when the local lease ends (Date.now() ms); the flight settles "failed" then at the latest. */
+  deadline: number;
 }
 
 interface FlightMessage {
@@ -118,6 +120,7 @@ export class SingleFlight {
       lease: undefined,
       early: undefined,
       timer: undefined,
+      deadline: Number.POSITIVE_INFINITY,
     };
     this.flights.set(key, flight);
     const redis = this.opts.redis;
@@ -184,6 +187,7 @@ export class SingleFlight {
     this.led++;
     // The local twin of the Redis lease: a leader that never releases (a lost code path, an upstream slower than
     // leaseMs) stops holding its followers, and the next acquire leads, as other instances do once the lease expires.
+    flight.deadline = Date.now() + flight.leaseMs;
     flight.timer = setTimeout(() => this.settle(flight, "failed"), flight.leaseMs);
     flight.timer.unref();
     return {
@@ -202,6 +206,11 @@ export class SingleFlight {
       wait: (timeoutMs) => {
         if (flight.outcome !== undefined) return Promise.resolve(flight.outcome);
         if (!(timeoutMs > 0)) return Promise.resolve("timeout");
+        // A local leader settles by its own deadline at the latest: a follower that would wait at least as long
+        // needs no timer of its own (the common case: one timer per flight instead of one per follower).
+        if (flight.role === "leader" && flight.deadline <= Date.now() + timeoutMs) {
+          return new Promise((resolve) => void flight.waiters.add(resolve));
+        }
         return new Promise((resolve) => {
           let timer: NodeJS.Timeout | undefined;
           const waiter: Waiter = (outcome) => {

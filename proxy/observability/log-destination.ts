@@ -70,7 +70,9 @@ export class BatchedDestination implements DestinationStream {
     if (this.pending === "") return;
     const chunk = this.pending;
     this.pending = "";
-    this.sink.write(chunk);
+    // One UTF-8 encoding of the batch. SonicBoom's string mode would measure it (Buffer.byteLength), have fs.write
+    // encode it, and encode it once more after the write to account for a partial one: three passes over it.
+    (this.sink.write as unknown as (b: Buffer) => boolean)(Buffer.from(chunk, "utf8"));
   };
 
   /**
@@ -117,10 +119,20 @@ export function logDestination(dest: number | string, opts?: BatchOptions): Batc
   if (typeof dest === "number") {
     let d = byFd.get(dest);
     if (!d) {
-      d = new BatchedDestination(pino.destination({ dest, sync: false }), opts);
+      d = new BatchedDestination(sonic(dest), opts);
       byFd.set(dest, d);
     }
     return d;
   }
-  return new BatchedDestination(pino.destination({ dest, sync: false, mkdir: true }), opts);
+  return new BatchedDestination(sonic(dest), opts);
+}
+
+/** SonicBoom in buffer mode: it is handed whole encoded batches. */
+function sonic(dest: number | string): SonicBoom {
+  return pino.destination({
+    dest,
+    sync: false,
+    contentMode: "buffer",
+    ...(typeof dest === "string" ? { mkdir: true } : {}),
+  } as Parameters<typeof pino.destination>[0]);
 }

@@ -85,14 +85,18 @@ export function createAccessLog(logger: Logger): (s: RequestSummary, warn: boole
   const prefix = bindings ? `,${bindings}` : "";
   return (s, warn) => {
     if (!stream || !logger.isLevelEnabled(warn ? "warn" : "info")) return;
-    let line = `{"level":"${warn ? "warn" : "info"}","time":"${isoNow()}"${prefix},"reqId":${jsonString(s.reqId)}`;
-    line += `,"method":${jsonString(s.method)},"path":${jsonString(s.path)},"route":${jsonString(s.route)}`;
-    line += `,"upstream":${jsonString(s.upstream)},"status":${s.status},"bytes":${s.bytes},"durationMs":${ms(s.durationMs)}`;
+    // Escaped: the path and the client address (X-Forwarded-For text from a trusted proxy). Written as they are:
+    // identifiers already restricted to JSON-safe characters — request ids (REQUEST_ID_RE or a UUID), the method
+    // (an HTTP token, checked by Node's parser), route and upstream names (config schema), cache statuses, tiers
+    // and error codes (fixed sets).
+    let line = `{"level":"${warn ? "warn" : "info"}","time":"${isoNow()}"${prefix},"reqId":"${s.reqId}"`;
+    line += `,"method":"${s.method}","path":${jsonString(s.path)},"route":"${s.route}"`;
+    line += `,"upstream":"${s.upstream}","status":${s.status},"bytes":${s.bytes},"durationMs":${ms(s.durationMs)}`;
     if (s.upstreamMs !== undefined) line += `,"upstreamMs":${ms(s.upstreamMs)}`;
-    line += `,"cache":${jsonString(s.cache)}`;
-    if (s.cacheTier !== undefined) line += `,"cacheTier":${jsonString(s.cacheTier)}`;
+    line += `,"cache":"${s.cache}"`;
+    if (s.cacheTier !== undefined) line += `,"cacheTier":"${s.cacheTier}"`;
     line += `,"coalesced":${s.coalesced},"clientIp":${jsonString(s.clientIp)}`;
-    if (s.error !== undefined) line += `,"error":${jsonString(s.error)}`;
+    if (s.error !== undefined) line += `,"error":"${s.error}"`;
     stream.write(`${line},"aborted":${s.aborted},"msg":"request"}\n`);
   };
 }
