@@ -60,18 +60,31 @@ test("lines are gathered and written together within the delay, in order", async
   dest.end();
 });
 
-test("a full batch is written at once, and flush() writes what is pending", async () => {
+test("a line that does not fit the batch is written at once, and flush() writes what is pending", async () => {
   const file = join(dir, "b.log");
-  const dest = logDestination(file, { maxDelayMs: 60_000, maxChars: 1000 });
+  const dest = logDestination(file, { maxDelayMs: 60_000, maxBytes: 1000 });
   assert.ok(await opened(file));
   dest.write(`${"x".repeat(600)}\n`);
-  dest.write(`${"y".repeat(600)}\n`); // 1202 chars pending: over maxChars
+  dest.write(`${"y".repeat(600)}\n`); // neither fits a 1000-byte batch (at 3 bytes per character, worst case)
   assert.ok(await until(() => read(file).length === 1202, 2000), "written without waiting for the delay");
+  assert.match(read(file), /^x{600}\ny{600}\n$/, "whole and in order");
   dest.write("z\n");
   await sleep(50);
   assert.equal(read(file).length, 1202, "a small line waits");
   await new Promise<void>((resolve, reject) => dest.flush((err) => (err ? reject(err) : resolve())));
   assert.ok(read(file).endsWith("z\n"));
+  dest.end();
+});
+
+test("many batches of multi-byte lines arrive whole and in order", async () => {
+  const file = join(dir, "d.log");
+  const dest = logDestination(file, { maxDelayMs: 10, maxBytes: 4096 });
+  assert.ok(await opened(file));
+  const lines = Array.from({ length: 3000 }, (_, i) => `{"i":${i},"s":"é€😀 ${"x".repeat(i % 97)}"}\n`);
+  for (const l of lines) dest.write(l);
+  await new Promise<void>((resolve, reject) => dest.flush((err) => (err ? reject(err) : resolve())));
+  assert.ok(await until(() => read(file).length === lines.join("").length, 3000));
+  assert.equal(read(file), lines.join(""));
   dest.end();
 });
 
