@@ -209,6 +209,8 @@ export class SingleFlight {
         // A local leader settles by its own deadline at the latest: a follower that would wait at least as long
         // needs no timer of its own (the common case: one timer per flight instead of one per follower).
         if (flight.role === "leader" && flight.deadline <= Date.now() + timeoutMs) {
+          // Referenced from now on, as a follower's own timer would be: someone awaits an answer.
+          flight.timer?.ref();
           return new Promise((resolve) => void flight.waiters.add(resolve));
         }
         return new Promise((resolve) => {
