@@ -57,6 +57,19 @@ export function tagsOf(
   return [...tags];
 }
 
+/**
+ * Nothing can make this response storable (no route ttl, no Cache-Control, no Expires, no Last-Modified for
+ * heuristic freshness): callers skip the policy machinery, and the store stage skips building a capture request.
+ */
+export function withoutFreshness(rules: CaptureRequest["rules"], headers: OutgoingHttpHeaders): boolean {
+  return (
+    rules.ttl === 0 &&
+    headers["cache-control"] === undefined &&
+    headers.expires === undefined &&
+    headers["last-modified"] === undefined
+  );
+}
+
 export class CacheWriter {
   constructor(
     private readonly cache: TieredCache,
@@ -74,14 +87,7 @@ export class CacheWriter {
     body: Readable,
     done: (outcome: FlightOutcome) => void,
   ): Readable | undefined {
-    // Fast path: nothing can make a response without freshness information storable here (no route ttl, no
-    // Cache-Control, no Expires, no Last-Modified for heuristic freshness), so skip the policy machinery.
-    if (
-      req.rules.ttl === 0 &&
-      headers["cache-control"] === undefined &&
-      headers.expires === undefined &&
-      headers["last-modified"] === undefined
-    ) {
+    if (withoutFreshness(req.rules, headers)) {
       done("uncacheable");
       return undefined;
     }

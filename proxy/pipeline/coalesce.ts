@@ -4,7 +4,7 @@
 
 import { evaluateFreshness, parseCacheControl } from "../cache/policy.js";
 import type { Follower, Leader, SingleFlight } from "../cache/single-flight.js";
-import type { TieredCache } from "../cache/tiered-cache.js";
+import type { LookupResult, TieredCache } from "../cache/tiered-cache.js";
 import type { CacheState, RequestContext } from "../context.js";
 import { ProxyError } from "../errors.js";
 import { planFromEntry } from "./lookup.js";
@@ -44,15 +44,16 @@ export function createCoalesceStage(cache: TieredCache, flights: SingleFlight, w
     return follow(ctx, c, flight, wait);
   }
 
-  async function follow(
-    ctx: RequestContext,
-    c: CacheState,
-    flight: Follower,
-    wait: number,
-  ): Promise<Verdict> {
-    const outcome = await flight.wait(wait);
-    if (outcome !== "stored") return CONTINUE;
-    const result = await cache.lookup(c.primaryKey, ctx.req.headers);
+  // Promise chains rather than async functions: in a burst on one key nearly every request follows.
+  function follow(ctx: RequestContext, c: CacheState, flight: Follower, wait: number): Promise<Verdict> {
+    return flight.wait(wait).then((outcome) => {
+      if (outcome !== "stored") return CONTINUE;
+      const result = cache.lookup(c.primaryKey, ctx.req.headers);
+      return result instanceof Promise ? result.then((r) => served(ctx, c, r)) : served(ctx, c, result);
+    });
+  }
+
+  function served(ctx: RequestContext, c: CacheState, result: LookupResult): Verdict {
     c.key = result.key;
     c.vary = result.vary;
     const found = result.found;

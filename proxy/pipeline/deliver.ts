@@ -20,9 +20,13 @@ export function errorResponse(ctx: RequestContext, err: ProxyError): ResponsePla
 }
 
 export function isEventStream(contentType: OutgoingHttpHeader | undefined): boolean {
-  return (
-    typeof contentType === "string" && contentType.trimStart().toLowerCase().startsWith("text/event-stream")
-  );
+  if (typeof contentType !== "string") return false;
+  // Every response asks: settle the usual answers without allocating. After optional whitespace an event stream
+  // starts with "t" or "T"; any other visible ASCII character first means it is not one.
+  if (contentType.startsWith("text/event-stream")) return true;
+  const c = contentType.charCodeAt(0);
+  if (c > 32 && c < 127 && c !== 116 && c !== 84) return false;
+  return contentType.trimStart().toLowerCase().startsWith("text/event-stream");
 }
 
 export interface DeliverOptions {

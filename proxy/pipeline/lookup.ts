@@ -58,12 +58,14 @@ export function createLookupStage(
     c.key = result.key;
     c.vary = result.vary;
     const found = result.found;
-    const reqCC = parseCacheControl(ctx.req.headers["cache-control"]);
+    const rawCC = ctx.req.headers["cache-control"];
     if (!found) {
       // RFC 9111 §5.2.1.7: only-if-cached and nothing usable → 504.
-      if (reqCC.has("only-if-cached")) return respond(errorResponse(ctx, new ProxyError("not_cached")));
+      if (rawCC !== undefined && parseCacheControl(rawCC).has("only-if-cached"))
+        return respond(errorResponse(ctx, new ProxyError("not_cached")));
       return CONTINUE;
     }
+    const reqCC = parseCacheControl(rawCC);
     const now = Date.now();
     const entry = found.entry;
     const pragma = /no-cache/i.test(String(ctx.req.headers.pragma ?? ""));

@@ -4,7 +4,7 @@
 import type { Invalidator } from "../cache/invalidation.js";
 import { refreshAfterNotModified, usableOnError } from "../cache/policy.js";
 import type { TieredCache } from "../cache/tiered-cache.js";
-import type { CacheWriter, CaptureRequest } from "../cache/writer.js";
+import { type CacheWriter, type CaptureRequest, withoutFreshness } from "../cache/writer.js";
 import type { RequestContext, ResponsePlan } from "../context.js";
 import type { PluginHost } from "../plugins.js";
 import { isUnsafe, requestBody } from "./classify.js";
@@ -101,7 +101,7 @@ export function createStoreStage(
       c.flight = undefined;
       const done = (outcome: Parameters<NonNullable<typeof flight>["release"]>[0]) =>
         flight?.release(outcome);
-      if (!c.storable || !body || Buffer.isBuffer(body)) {
+      if (!c.storable || !body || Buffer.isBuffer(body) || withoutFreshness(c.rules, plan.headers)) {
         done("uncacheable");
         return plan;
       }

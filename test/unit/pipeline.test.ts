@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { RequestContext, ResponsePlan } from "../../proxy/context.js";
+import { isEventStream } from "../../proxy/pipeline/deliver.js";
 import { CONTINUE, type Pipeline, respond, runPipeline } from "../../proxy/pipeline/pipeline.js";
 
 const ctx = {} as RequestContext;
@@ -100,4 +101,16 @@ test("stays synchronous while the stages are, and continues in order after an as
   assert.ok(later instanceof Promise);
   assert.equal((await later).status, 211);
   assert.deepEqual(ran, ["a", "b", "c"]);
+});
+
+test("isEventStream: text/event-stream in any case, after whitespace, with parameters; nothing else", () => {
+  for (const ct of [
+    "text/event-stream",
+    "Text/Event-Stream; charset=utf-8",
+    "  text/event-stream",
+    "\ttext/event-stream",
+  ])
+    assert.equal(isEventStream(ct), true, ct);
+  for (const ct of ["application/json", "text/html", "", "event-stream", "xtext/event-stream", undefined, 12])
+    assert.equal(isEventStream(ct as string | undefined), false, String(ct));
 });
