@@ -20,9 +20,13 @@ const forced = process.env.BENCH_CACHE_HITS
       })),
     }
   : loaded.config;
+// BENCH_CACHE_OFF=1: the catch-all route does not cache at all (plain forwarding: no lookup, coalescing or store).
+const routed = process.env.BENCH_CACHE_OFF
+  ? { ...forced, routes: forced.routes.map((r) => ({ ...r, cache: { ...r.cache, enabled: false } })) }
+  : forced;
 // BENCH_REDIS_URL: the shared L2 tier, coalescing leases and purge fan-out (the stampede benchmark's pair).
 const redisUrl = process.env.BENCH_REDIS_URL;
-const config = redisUrl ? { ...forced, redis: { ...forced.redis, url: redisUrl } } : forced;
+const config = redisUrl ? { ...routed, redis: { ...routed.redis, url: redisUrl } } : routed;
 const logger = createLogger(config.log.level, logDestination("/dev/null"));
 const gate = await startCachegate(config, { logger, defaultMetrics: true });
 

@@ -2,6 +2,8 @@
 //   direct        the upstream itself,
 //   http-proxy-3  a bare http-proxy-3 proxy with a keep-alive agent (the reference),
 //   cachegate     cachegate with the config `--upstream URL` gives, logging at info to /dev/null,
+//   cachegate-nocache  the same with the route's cache off (plain forwarding),
+//   cachegate-hits     the same with every response cached (memory-tier hits),
 // all against one node:http upstream serving a 1 KiB JSON body. The upstream and each proxy run in their own child
 // process; autocannon runs here. Every target is warmed up once, then the proxies are measured interleaved
 // (ABBA order across rounds) so drift on a noisy machine hits both alike, and the median per target is reported.
@@ -32,10 +34,20 @@ const ROOT = resolve(BENCH_DIR, import.meta.url.endsWith(".js") ? "../.." : ".."
 /** The issue's bar: cachegate pass-through at >= 0.8x the requests/s of bare http-proxy-3. */
 const TARGET_RATIO = 0.8;
 
-type TargetName = "direct" | "http-proxy-3" | "cachegate" | "cachegate-hits";
+type TargetName = "direct" | "http-proxy-3" | "cachegate" | "cachegate-nocache" | "cachegate-hits";
 // cachegate-hits: the same cachegate with the route's cache forced on (override, 60 s): after the warm-up's first
 // request every request is a memory-tier hit. 'direct' (a node:http server answering a prebuilt body) is the ceiling.
-const ALL_TARGETS: readonly TargetName[] = ["direct", "http-proxy-3", "cachegate", "cachegate-hits"];
+// cachegate-nocache: the route's cache off, so nothing is looked up, coalesced or stored: the plain forwarding path.
+// On one URL, "cachegate" coalesces concurrent misses into waves (they wait for the leader's headers, learn that
+// the response is uncacheable, and go together), a load shape that is cheaper per request than 50 independent
+// requests; this target shows the pass-through cost without that effect (as with many distinct URLs).
+const ALL_TARGETS: readonly TargetName[] = [
+  "direct",
+  "http-proxy-3",
+  "cachegate",
+  "cachegate-nocache",
+  "cachegate-hits",
+];
 
 interface Settings {
   durationS: number;
@@ -212,8 +224,14 @@ function sanityCheck(target: string, url: string): Promise<void> {
         bytes += c.length;
       });
       res.on("end", () => {
+        // The variant really is what it claims: cache off answers BYPASS, the default route a MISS.
+        const xCache = res.headers["x-cache"];
+        const wantCache =
+          target === "cachegate-nocache" ? "BYPASS" : target === "cachegate" ? "MISS" : undefined;
         if (res.statusCode !== 200 || bytes !== BODY_BYTES) {
           reject(new Error(`${target}: sanity check got ${res.statusCode} with ${bytes} bytes`));
+        } else if (wantCache !== undefined && xCache !== wantCache) {
+          reject(new Error(`${target}: sanity check got X-Cache ${String(xCache)}, expected ${wantCache}`));
         } else {
           resolvePromise();
         }
@@ -393,7 +411,14 @@ async function main(): Promise<number> {
               { ...env, BENCH_CACHE_HITS: "1" },
               profArgs("cachegate-hits"),
             )
-          : startChild(t, "cachegate-server.ts", env, profArgs("cachegate")),
+          : t === "cachegate-nocache"
+            ? startChild(
+                t,
+                "cachegate-server.ts",
+                { ...env, BENCH_CACHE_OFF: "1" },
+                profArgs("cachegate-nocache"),
+              )
+            : startChild(t, "cachegate-server.ts", env, profArgs("cachegate")),
     ),
   );
   const urls = new Map<TargetName, string>([["direct", upstream.url]]);
@@ -463,7 +488,9 @@ async function main(): Promise<number> {
   const bare = by.get("http-proxy-3");
   const direct = by.get("direct");
   const hits = by.get("cachegate-hits");
+  const nocache = by.get("cachegate-nocache");
   const ratios = {
+    cachegateNocacheVsHttpProxy3: nocache && bare ? nocache.rps / bare.rps : undefined,
     cachegateHitsVsDirect: hits && direct ? hits.rps / direct.rps : undefined,
     cachegateVsHttpProxy3: gate && bare ? gate.rps / bare.rps : undefined,
     cachegateVsDirect: gate && direct ? gate.rps / direct.rps : undefined,
@@ -474,6 +501,10 @@ async function main(): Promise<number> {
   console.log("");
   if (ratios.cachegateVsHttpProxy3 !== undefined)
     console.log(`cachegate / http-proxy-3 req/s: ${ratios.cachegateVsHttpProxy3.toFixed(2)}x`);
+  if (ratios.cachegateNocacheVsHttpProxy3 !== undefined)
+    console.log(
+      `cachegate (cache off) / http-proxy-3 req/s: ${ratios.cachegateNocacheVsHttpProxy3.toFixed(2)}x`,
+    );
   if (ratios.cachegateVsDirect !== undefined)
     console.log(`cachegate / direct req/s:       ${ratios.cachegateVsDirect.toFixed(2)}x`);
   if (ratios.cachegateHitsVsDirect !== undefined)
