@@ -9,7 +9,9 @@ import { announce, exitOnParentSignal, requireEnv } from "./child.js";
 const upstream = requireEnv("BENCH_UPSTREAM_URL");
 
 // An empty env: CACHEGATE_* variables of the shell that runs the benchmark must not change what is measured.
-const loaded = loadConfig({ upstream, host: "127.0.0.1", port: "0", adminPort: "0", logLevel: "info" }, {});
+// BENCH_LOG_LEVEL: "info" (default: every access line is written) or e.g. "warn" (none), to price the access log.
+const logLevel = process.env.BENCH_LOG_LEVEL || "info";
+const loaded = loadConfig({ upstream, host: "127.0.0.1", port: "0", adminPort: "0", logLevel }, {});
 // BENCH_CACHE_HITS=1: the catch-all route caches everything for 60 s, so the load measures memory-tier hits.
 const forced = process.env.BENCH_CACHE_HITS
   ? {

@@ -1,0 +1,157 @@
+// Concurrent A/B: the cost of cachegate variants relative to bare http-proxy-3, measured so that a noisy machine hits
+// every variant alike. All proxies are pinned to CPU 1 and loaded at the same time (one wrk per proxy, wrk and the
+// upstream pinned to CPU 0): the scheduler shares CPU 1 fairly, so in each round a variant's req/s divided by
+// http-proxy-3's is its cost ratio, whatever the machine's speed was in that round. On these shared machines this
+// spread ±3 % where sequential runs (`npm run bench`) spread ±25 %. Use it to compare changes; `npm run bench`
+// remains the figure of record (autocannon, unpinned, one target at a time).
+//
+//   npm run bench:ab                    defaults: 50 connections per wrk, 5 s warm-up, 5 rounds of 5 s
+//   AB_TARGETS=cachegate,cachegate-nocache,cachegate-warn   variants besides http-proxy-3 (always first)
+//   AB_ROUNDS, AB_DURATION (s), AB_CONNECTIONS
+//
+// Needs Linux with at least 2 CPUs, `taskset` (util-linux) and `wrk` (apt-get install wrk). Loopback only; every run
+// is bounded by AB_DURATION. Results: bench/results/ab-<ISO date>.json.
+import { execFile, execFileSync } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { cpuSeconds, ROOT, startChild, stopChildren } from "./processes.js";
+
+const run = promisify(execFile);
+
+/** Variant name → bench/cachegate-server.ts environment. */
+const VARIANTS: Record<string, Record<string, string>> = {
+  cachegate: {},
+  "cachegate-nocache": { BENCH_CACHE_OFF: "1" },
+  "cachegate-warn": { BENCH_LOG_LEVEL: "warn" },
+  "cachegate-hits": { BENCH_CACHE_HITS: "1" },
+};
+
+function intEnv(name: string, fallback: number, min: number, max: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw new Error(`${name}: expected ${min}-${max}, got "${raw}"`);
+  return n;
+}
+
+function need(command: string, hint: string): void {
+  try {
+    execFileSync("sh", ["-c", `command -v ${command}`], { stdio: "ignore" });
+  } catch {
+    throw new Error(`bench:ab needs ${command} (${hint})`);
+  }
+}
+
+async function wrk(url: string, connections: number, seconds: number): Promise<number> {
+  const { stdout } = await run("taskset", [
+    "-c",
+    "0",
+    "wrk",
+    "-t1",
+    `-c${connections}`,
+    `-d${seconds}s`,
+    "--timeout",
+    "5s",
+    `${url}/ab`,
+  ]);
+  const m = /Requests\/sec:\s+([\d.]+)/.exec(stdout);
+  if (!m) throw new Error(`wrk printed no Requests/sec:\n${stdout}`);
+  const errors = /Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)/.exec(stdout);
+  if (errors) throw new Error(`wrk saw errors against ${url}: ${errors[0]}`);
+  return Number(m[1]);
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] as number;
+};
+
+async function main(): Promise<number> {
+  if (process.platform !== "linux" || os.cpus().length < 2)
+    throw new Error("bench:ab needs Linux with 2+ CPUs");
+  need("taskset", "util-linux");
+  need("wrk", "apt-get install wrk");
+  const rounds = intEnv("AB_ROUNDS", 5, 1, 50);
+  const duration = intEnv("AB_DURATION", 5, 1, 60);
+  const connections = intEnv("AB_CONNECTIONS", 50, 1, 1000);
+  const variants = (process.env.AB_TARGETS ?? "cachegate,cachegate-nocache").split(",").map((s) => s.trim());
+  for (const v of variants) {
+    if (!VARIANTS[v])
+      throw new Error(`AB_TARGETS: unknown "${v}" (known: ${Object.keys(VARIANTS).join(", ")})`);
+  }
+
+  const upstream = await startChild("upstream", "upstream.ts", {}, [], 0);
+  const env = { BENCH_UPSTREAM_URL: upstream.url };
+  const targets = [
+    { name: "http-proxy-3", child: await startChild("http-proxy-3", "bare-proxy.ts", env, [], 1) },
+  ];
+  for (const v of variants) {
+    targets.push({
+      name: v,
+      child: await startChild(v, "cachegate-server.ts", { ...env, ...VARIANTS[v] }, [], 1),
+    });
+  }
+  console.log(
+    `bench:ab: ${targets.map((t) => t.name).join(", ")} on CPU 1, wrk on CPU 0, ${connections} connections each, ` +
+      `${rounds} rounds of ${duration} s`,
+  );
+  await Promise.all(targets.map((t) => wrk(t.child.url, connections, 5)));
+
+  const results = targets.map(() => [] as Array<{ rps: number; cpuUsPerReq: number | undefined }>);
+  for (let r = 0; r < rounds; r++) {
+    const before = targets.map((t) => cpuSeconds(t.child.proc.pid));
+    const rps = await Promise.all(targets.map((t) => wrk(t.child.url, connections, duration)));
+    targets.forEach((t, i) => {
+      const a = before[i];
+      const b = cpuSeconds(t.child.proc.pid);
+      const cpu =
+        a !== undefined && b !== undefined ? ((b - a) * 1e6) / ((rps[i] as number) * duration) : undefined;
+      results[i]?.push({ rps: rps[i] as number, cpuUsPerReq: cpu });
+    });
+    console.log(
+      `round ${r + 1}/${rounds}: ${targets.map((t, i) => `${t.name} ${Math.round(rps[i] as number)}`).join("  ")}`,
+    );
+  }
+
+  const base = results[0] as Array<{ rps: number }>;
+  const summary = targets.map((t, i) => {
+    const runs = results[i] ?? [];
+    const ratios = runs.map((x, k) => x.rps / (base[k] as { rps: number }).rps);
+    const cpus = runs.flatMap((x) => (x.cpuUsPerReq === undefined ? [] : [x.cpuUsPerReq]));
+    return {
+      target: t.name,
+      ratio: median(ratios),
+      ratios,
+      cpuUsPerReq: cpus.length ? median(cpus) : undefined,
+    };
+  });
+  console.log("\nreq/s relative to http-proxy-3 in the same round (median [per round]), CPU µs per request:");
+  for (const s of summary) {
+    console.log(
+      `  ${s.target.padEnd(18)} ${s.ratio.toFixed(3)}  [${s.ratios.map((x) => x.toFixed(2)).join(" ")}]  ` +
+        `${s.cpuUsPerReq === undefined ? "-" : s.cpuUsPerReq.toFixed(0)} µs`,
+    );
+  }
+  const dir = join(ROOT, "bench", "results");
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, `ab-${new Date().toISOString().replace(/:/g, "-")}.json`);
+  writeFileSync(
+    file,
+    `${JSON.stringify({ date: new Date().toISOString(), rounds, duration, connections, summary }, null, 2)}\n`,
+  );
+  console.log(`\nresults: ${file}`);
+  return 0;
+}
+
+let code = 1;
+try {
+  code = await main();
+} catch (err) {
+  console.error(`bench:ab: ${(err as Error).message}`);
+} finally {
+  await stopChildren();
+}
+process.exit(code);
