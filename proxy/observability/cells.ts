@@ -95,6 +95,8 @@ export class CellCounter<L extends string> {
 
 interface HistogramCell<L extends string> {
   labels: Labels<L>;
+  /** Made once per cell: callers look the cell up per request. */
+  observer: HistogramObserver;
   /** Observations per bucket (not cumulative), the last one above every bound (+Inf). */
   counts: number[];
   sum: number;
@@ -127,28 +129,31 @@ export class CellHistogram<L extends string> extends Histogram<L> {
     this.helpText = config.help;
     this.bounds = [...config.buckets].sort((a, b) => a - b);
     const n = this.bounds.length + 1;
-    this.tree = new CellTree<L, HistogramCell<L>>(config.labelNames, (labels) => ({
-      labels,
-      counts: new Array<number>(n).fill(0),
-      sum: 0,
-      count: 0,
-    }));
+    const bounds = this.bounds;
+    this.tree = new CellTree<L, HistogramCell<L>>(config.labelNames, (labels) => {
+      const c: HistogramCell<L> = {
+        labels,
+        observer: {
+          observe(value: number): void {
+            if (!Number.isFinite(value)) return;
+            let i = 0;
+            while (i < bounds.length && value > (bounds[i] as number)) i++;
+            c.counts[i] = (c.counts[i] as number) + 1;
+            c.sum += value;
+            c.count++;
+          },
+        },
+        counts: new Array<number>(n).fill(0),
+        sum: 0,
+        count: 0,
+      };
+      return c;
+    });
   }
 
-  /** The observer of one label combination, values in `labelNames` order. Keep it. */
+  /** The observer of one label combination, values in `labelNames` order. */
   cell(...values: string[]): HistogramObserver {
-    const c = this.tree.get(values);
-    const bounds = this.bounds;
-    return {
-      observe(value: number): void {
-        if (!Number.isFinite(value)) return;
-        let i = 0;
-        while (i < bounds.length && value > (bounds[i] as number)) i++;
-        c.counts[i] = (c.counts[i] as number) + 1;
-        c.sum += value;
-        c.count++;
-      },
-    };
+    return this.tree.get(values).observer;
   }
 
   /** Values as prom-client's Histogram reports them for the text format: `le` in labels, the rest shared. */
