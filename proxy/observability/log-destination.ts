@@ -17,10 +17,18 @@ export interface BatchOptions {
   maxDelayMs?: number;
   /** Size of the batch buffer: a batch is written once it would not fit another line. */
   maxBytes?: number;
+  /** Bytes SonicBoom may hold unwritten before batches are dropped (default 64 MiB). */
+  maxPendingBytes?: number;
 }
 
 const DEFAULT_DELAY_MS = 25;
 const DEFAULT_MAX_BYTES = 64 * 1024;
+/**
+ * What SonicBoom may hold while the file or pipe does not keep up (a stalled log collector): beyond this, batches
+ * are dropped, counted and reported on stderr, instead of growing the heap until the process dies.
+ */
+const MAX_PENDING_BYTES = 64 * 1024 * 1024;
+const DROP_REPORT_INTERVAL_MS = 10_000;
 /** The most UTF-8 bytes one UTF-16 code unit can take (a surrogate pair: 4 bytes for 2 units). */
 const MAX_UTF8_PER_UNIT = 3;
 
@@ -45,6 +53,11 @@ export class BatchedDestination implements DestinationStream {
   private timer: NodeJS.Timeout | undefined;
   private readonly maxDelayMs: number;
   private readonly maxBytes: number;
+  private ended = false;
+  /** Bytes dropped since the last report on stderr, and in all. */
+  private dropped = 0;
+  private droppedReportedAt = 0;
+  droppedBytes = 0;
 
   constructor(
     private readonly sink: SonicBoom,
@@ -53,6 +66,7 @@ export class BatchedDestination implements DestinationStream {
     this.maxDelayMs = opts.maxDelayMs ?? DEFAULT_DELAY_MS;
     this.maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
     this.buf = Buffer.allocUnsafe(this.maxBytes);
+    sink.on("drop", (chunk: Buffer) => this.onDrop(chunk.length));
     open.add(this);
     if (!exitHooked) {
       exitHooked = true;
@@ -61,6 +75,7 @@ export class BatchedDestination implements DestinationStream {
   }
 
   write(line: string): boolean {
+    if (this.ended) return false;
     const worst = line.length * MAX_UTF8_PER_UNIT;
     if (this.used + worst > this.buf.length) {
       this.drain();
@@ -90,6 +105,19 @@ export class BatchedDestination implements DestinationStream {
     this.used = 0;
     this.hand(chunk);
   };
+
+  private onDrop(bytes: number): void {
+    this.dropped += bytes;
+    this.droppedBytes += bytes;
+    const now = Date.now();
+    if (now - this.droppedReportedAt < DROP_REPORT_INTERVAL_MS) return;
+    this.droppedReportedAt = now;
+    process.stderr.write(
+      `cachegate: log output is not keeping up; ${this.dropped} bytes of log lines dropped ` +
+        "(the log destination had too much waiting to be written)\n",
+    );
+    this.dropped = 0;
+  }
 
   private hand(chunk: Buffer): void {
     // SonicBoom in buffer mode (see sonic()): its string mode would measure, encode and re-encode every batch.
@@ -125,7 +153,9 @@ export class BatchedDestination implements DestinationStream {
 
   /** Flushes and closes the file (the destination is unusable afterwards). */
   end(): void {
+    if (this.ended) return;
     this.drain();
+    this.ended = true;
     open.delete(this);
     for (const [fd, d] of byFd) if (d === this) byFd.delete(fd);
     this.sink.end();
@@ -140,20 +170,21 @@ export function logDestination(dest: number | string, opts?: BatchOptions): Batc
   if (typeof dest === "number") {
     let d = byFd.get(dest);
     if (!d) {
-      d = new BatchedDestination(sonic(dest), opts);
+      d = new BatchedDestination(sonic(dest, opts?.maxPendingBytes), opts);
       byFd.set(dest, d);
     }
     return d;
   }
-  return new BatchedDestination(sonic(dest), opts);
+  return new BatchedDestination(sonic(dest, opts?.maxPendingBytes), opts);
 }
 
 /** SonicBoom in buffer mode: it is handed whole encoded batches. */
-function sonic(dest: number | string): SonicBoom {
+function sonic(dest: number | string, maxPending = MAX_PENDING_BYTES): SonicBoom {
   return pino.destination({
     dest,
     sync: false,
     contentMode: "buffer",
+    maxLength: maxPending,
     ...(typeof dest === "string" ? { mkdir: true } : {}),
   } as Parameters<typeof pino.destination>[0]);
 }

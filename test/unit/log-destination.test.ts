@@ -88,6 +88,22 @@ test("many batches of multi-byte lines arrive whole and in order", async () => {
   dest.end();
 });
 
+test("when the destination does not keep up, batches beyond the pending limit are dropped and counted", async () => {
+  const file = join(dir, "e.log");
+  // Written before the file is even open: everything is still pending in SonicBoom.
+  const dest = logDestination(file, { maxDelayMs: 60_000, maxBytes: 2048, maxPendingBytes: 1000 });
+  const line = `${"a".repeat(599)}\n`;
+  dest.write(line);
+  dest.flushSync(); // not open yet: hands the batch over, writes nothing (and does not throw)
+  dest.write(line);
+  dest.flush(); // 1200 bytes would be pending: this batch is dropped
+  assert.equal(dest.droppedBytes, 600);
+  assert.ok(await opened(file));
+  assert.ok(await until(() => read(file).length === 600, 2000), "the batch that fitted is written");
+  dest.end();
+  assert.equal(dest.write(line), false, "a write after end() is refused, never thrown");
+});
+
 test("a process that exits, even through process.exit, writes what it had pending", () => {
   const file = join(dir, "c.log");
   const script = `
