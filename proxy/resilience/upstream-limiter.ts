@@ -317,8 +317,9 @@ export class UpstreamLimiter {
       this.pump();
       return;
     }
-    const next = this.waiters.values().next();
-    if (!next.done) {
+    // Checked first: the common case (nobody waiting) then costs no iterator.
+    const next = this.waiters.size > 0 ? this.waiters.values().next() : undefined;
+    if (next && !next.done) {
       const w = next.value;
       this.waiters.delete(w);
       if (w.timer) clearTimeout(w.timer);
