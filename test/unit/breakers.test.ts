@@ -43,6 +43,25 @@ describe("circuit breakers", () => {
     assert.equal(b.stats().failures, 1);
   });
 
+  test("opossum's rolling stats count every call once, whichever way it ended", async () => {
+    const { b } = breaker({ volumeThreshold: 100 });
+    for (let i = 0; i < 3; i++) await b.run(status(200), isFailure);
+    await b.run(status(503), isFailure);
+    await assert.rejects(b.run(rejectWith("upstream_reset"), isFailure), /upstream/);
+    await assert.rejects(b.run(rejectWith("client_closed"), isFailure)); // not the upstream's fault
+    await assert.rejects(
+      b.run(() => {
+        throw new Error("thrown before any promise");
+      }, isFailure),
+      /thrown before/,
+    );
+    const s = b.stats();
+    assert.equal(s.fires, 7);
+    assert.equal(s.successes, 5, "3 answers, the client that left, and an error of ours are not failures");
+    assert.equal(s.failures, 2);
+    assert.equal(b.state(), "closed");
+  });
+
   test("opens only once volumeThreshold calls were made, at more than the error percentage", async () => {
     const { b, transitions } = breaker();
     for (let i = 0; i < 4; i++) await b.run(status(500), isFailure);
