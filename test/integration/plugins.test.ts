@@ -86,6 +86,38 @@ describe("plugins", () => {
     assert.equal((await request(`${gate.url}/x`)).headers["x-plugin"], "from-file");
   });
 
+  test("a response node:http refuses to write (a plugin's invalid header) is a 500 for that request only", async () => {
+    const up = await upstream();
+    const dir = mkdtempSync(join(tmpdir(), "cg-plugin-"));
+    const file = join(dir, "bad-header-plugin.mjs");
+    writeFileSync(
+      file,
+      `import { z } from ${JSON.stringify(new URL("../../node_modules/zod/index.js", import.meta.url).href)};
+       export default {
+         name: "bad-header",
+         configSchema: z.strictObject({}),
+         setup(api) {
+           api.hook("onResponse", (req, res) => {
+             if (req.path === "/bad") res.headers["x-bad"] = "line\\nbreak";
+             return res;
+           });
+         },
+       };`,
+    );
+    const gate = await startGate({
+      upstreams: [{ name: "up", url: up.url }],
+      routes: [{ name: "all", upstream: "up" }],
+      plugins: [{ path: file }],
+    });
+    toClose.push({ close: () => gate.close(500) });
+    const bad = await request(`${gate.url}/bad`);
+    assert.equal(bad.status, 500);
+    assert.equal(bad.json<{ error: { code: string } }>().error.code, "internal_error");
+    assert.equal(bad.headers["x-bad"], undefined);
+    const good = await request(`${gate.url}/good`);
+    assert.equal(good.status, 200, "the process and its other requests are unaffected");
+  });
+
   test("bad plugins stop the boot with a coded error", async () => {
     const up = await upstream();
     const base = { upstreams: [{ name: "up", url: up.url }], routes: [{ name: "all", upstream: "up" }] };
