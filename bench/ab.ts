@@ -83,15 +83,15 @@ async function main(): Promise<number> {
       throw new Error(`AB_TARGETS: unknown "${v}" (known: ${Object.keys(VARIANTS).join(", ")})`);
   }
 
-  const upstream = await startChild("upstream", "upstream.ts", {}, [], 0);
+  const upstream = await startChild("upstream", "upstream.ts", {}, [], { cpu: 0 });
   const env = { BENCH_UPSTREAM_URL: upstream.url };
   const targets = [
-    { name: "http-proxy-3", child: await startChild("http-proxy-3", "bare-proxy.ts", env, [], 1) },
+    { name: "http-proxy-3", child: await startChild("http-proxy-3", "bare-proxy.ts", env, [], { cpu: 1 }) },
   ];
   for (const v of variants) {
     targets.push({
       name: v,
-      child: await startChild(v, "cachegate-server.ts", { ...env, ...VARIANTS[v] }, [], 1),
+      child: await startChild(v, "cachegate-server.ts", { ...env, ...VARIANTS[v] }, [], { cpu: 1 }),
     });
   }
   console.log(

@@ -16,22 +16,20 @@
 //   BENCH_VERBOSE=1      print the limiter's counters after every run
 //
 // The issue's bar: limiter ≥ 0.9 × no-limiter requests/s. Results go to bench/results/miss-path-<ISO date>.json.
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { createRequire } from "node:module";
 import os from "node:os";
 import { dirname, join, resolve } from "node:path";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
+import { type Child, startChild, stopChild, stopChildren } from "./processes.js";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 /** Compiled to .bench-dist/bench/*.js (npm run bench:miss), or run through tsx from bench/*.ts. */
 const COMPILED = import.meta.url.endsWith(".js");
 const ROOT = resolve(BENCH_DIR, COMPILED ? "../.." : "..");
 const TARGET_RATIO = 0.9;
-const STARTUP_TIMEOUT_MS = 30_000;
 
 type Target = "limiter" | "no-limiter" | "unpatched";
 const ALL: readonly Target[] = ["limiter", "no-limiter", "unpatched"];
@@ -60,90 +58,6 @@ const settings = (() => {
     targets: [...new Set(wanted)] as Target[], // in the order given: the first target runs first in odd rounds
   };
 })();
-
-interface Child {
-  name: string;
-  proc: ChildProcess;
-  url: string;
-  lines: string[];
-}
-const children: ChildProcess[] = [];
-
-function startChild(
-  name: string,
-  file: string,
-  env: Record<string, string>,
-  nodeArgs: string[] = [],
-): Promise<Child> {
-  const args = COMPILED
-    ? [...nodeArgs, join(BENCH_DIR, file.replace(/\.ts$/, ".js"))]
-    : [...nodeArgs, "--import", "tsx", join(BENCH_DIR, file)];
-  const proc = spawn(process.execPath, args, {
-    cwd: ROOT,
-    env: { ...process.env, ...env },
-    stdio: ["pipe", "pipe", "inherit"], // stdin open: the child exits when this process goes away
-  });
-  children.push(proc);
-  return new Promise((resolvePromise, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`${name}: no port within ${STARTUP_TIMEOUT_MS} ms`)),
-      STARTUP_TIMEOUT_MS,
-    );
-    proc.once("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`${name} exited before it was ready (code ${code})`));
-    });
-    const lines: string[] = [];
-    createInterface({ input: proc.stdout as NodeJS.ReadableStream }).on("line", (line) => {
-      let msg: { ready?: boolean; port?: number } | undefined;
-      try {
-        msg = JSON.parse(line) as { ready?: boolean; port?: number };
-      } catch {
-        msg = undefined;
-      }
-      if (msg?.ready && typeof msg.port === "number") {
-        clearTimeout(timer);
-        resolvePromise({ name, proc, url: `http://127.0.0.1:${msg.port}/`, lines });
-      } else {
-        lines.push(line);
-      }
-    });
-  });
-}
-
-/** SIGTERM, then SIGKILL after 5 s; resolves once the child has exited. */
-function stopChild(child: Child): Promise<void> {
-  const p = child.proc;
-  if (p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
-  return new Promise<void>((r) => {
-    const t = setTimeout(() => p.kill("SIGKILL"), 5_000);
-    p.once("exit", () => {
-      clearTimeout(t);
-      r();
-    });
-    p.kill("SIGTERM");
-  });
-}
-
-async function stopChildren(): Promise<void> {
-  const alive = children.filter((p) => p.exitCode === null && p.signalCode === null);
-  for (const p of alive) p.kill("SIGTERM");
-  await Promise.all(
-    alive.map(
-      (p) =>
-        new Promise<void>((r) => {
-          const t = setTimeout(() => {
-            p.kill("SIGKILL");
-            r();
-          }, 5_000);
-          p.once("exit", () => {
-            clearTimeout(t);
-            r();
-          });
-        }),
-    ),
-  );
-}
 
 function sanity(url: string): Promise<void> {
   return new Promise((resolvePromise, reject) => {
@@ -275,6 +189,7 @@ async function main(): Promise<number> {
         "miss-gate.ts",
         { BENCH_UPSTREAM_URL: upstream.url, BENCH_VARIANT: t },
         args,
+        { keepLines: true },
       );
       await sanity(gate.url);
       if (warmupS > 0) await cannon(gate.url, warmupS);

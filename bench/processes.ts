@@ -16,6 +16,15 @@ export interface Child {
   readonly proc: ChildProcess;
   readonly port: number;
   readonly url: string;
+  /** stdout lines after the ready line (kept when `keepLines`, else echoed with the child's name). */
+  readonly lines: string[];
+}
+
+export interface StartOptions {
+  /** Pin the child (and its threads) to this CPU with taskset (Linux). */
+  cpu?: number;
+  /** Keep the child's later stdout lines in `lines` instead of echoing them. */
+  keepLines?: boolean;
 }
 
 const children: ChildProcess[] = [];
@@ -26,17 +35,15 @@ const STARTUP_TIMEOUT_MS = 30_000;
 // costs real time on a hot path that creates closures per request.
 const COMPILED = import.meta.url.endsWith(".js");
 
-/**
- * Starts `node bench/<file>` (compiled, or through tsx) and waits for its ready line (port) on stdout. `cpu` pins
- * the child (and its threads) to that CPU with taskset (Linux).
- */
+/** Starts `node bench/<file>` (compiled, or through tsx) and waits for its ready line (port) on stdout. */
 export function startChild(
   name: string,
   file: string,
   env: Record<string, string>,
   nodeArgs: string[] = [],
-  cpu?: number,
+  opts: StartOptions = {},
 ): Promise<Child> {
+  const { cpu, keepLines = false } = opts;
   const args = COMPILED
     ? [...nodeArgs, join(BENCH_DIR, file.replace(/\.ts$/, ".js"))]
     : [...nodeArgs, "--import", "tsx", join(BENCH_DIR, file)];
@@ -64,8 +71,15 @@ export function startChild(
       clearTimeout(timer);
       reject(err);
     });
+    const kept: string[] = [];
+    let ready = false;
     const lines = createInterface({ input: proc.stdout! });
     lines.on("line", (line) => {
+      if (ready) {
+        if (keepLines) kept.push(line);
+        else if (line.trim()) process.stdout.write(`[${name}] ${line}\n`);
+        return;
+      }
       let msg: Partial<ReadyLine> | undefined;
       try {
         msg = JSON.parse(line) as Partial<ReadyLine>;
@@ -76,10 +90,11 @@ export function startChild(
         clearTimeout(timer);
         proc.off("exit", onExit);
         proc.once("exit", (code, signal) => {
-          if (!shuttingDown)
+          if (!shuttingDown && !stopping.has(proc))
             console.error(`bench: ${name} exited unexpectedly (code ${code}, signal ${signal})`);
         });
-        resolvePromise({ name, proc, port: msg.port, url: `http://127.0.0.1:${msg.port}` });
+        ready = true;
+        resolvePromise({ name, proc, port: msg.port, url: `http://127.0.0.1:${msg.port}`, lines: kept });
       } else if (line.trim()) {
         process.stdout.write(`[${name}] ${line}\n`);
       }
@@ -96,6 +111,21 @@ function waitExit(proc: ChildProcess, ms: number): Promise<boolean> {
       resolvePromise(true);
     });
   });
+}
+
+/** Children being stopped on purpose (their exit is not reported as unexpected). */
+const stopping = new WeakSet<ChildProcess>();
+
+/** SIGTERM to one child, SIGKILL after 5 s; resolves once it has exited. */
+export async function stopChild(child: Child): Promise<void> {
+  const p = child.proc;
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  stopping.add(p);
+  p.kill("SIGTERM");
+  if (!(await waitExit(p, 5_000))) {
+    p.kill("SIGKILL");
+    await waitExit(p, 2_000);
+  }
 }
 
 let shuttingDown = false;
