@@ -35,6 +35,9 @@ import { Forwarder } from "./upstream/forwarder.js";
 import { withoutRequestHopByHop } from "./upstream/hop-by-hop.js";
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+/** On a client socket: its bytesWritten when its last response ended (keep-alive sockets carry many). */
+const kBytesCounted = Symbol("cachegate.bytesCounted");
+type CountedSocket = Socket & { [kBytesCounted]?: number };
 
 /** Top-level keys a reload cannot change in a running process. */
 const RESTART_ONLY = ["listen", "admin", "redis", "workers", "plugins", "cache"] as const;
@@ -241,7 +244,6 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     const socket = req.socket;
     // http-proxy-3, the forwarder, stream.pipeline and this server each watch `close`: ~8 listeners is normal.
     res.setMaxListeners(20);
-    const bytesBefore = socket.bytesWritten;
 
     res.on("close", () => {
       inFlight--;
@@ -252,6 +254,11 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
       const body = ctx.upstreamResponseBody;
       if (body && !body.readableEnded && body.readableFlowing !== true) body.destroy();
       const aborted = !res.writableFinished && ctx.errorCode !== "upstream_aborted";
+      // Bytes of this response: the socket's count now, less what it had when its previous response ended (one
+      // read of the getter per request; it copies the socket's write queue each time).
+      const written = socket.bytesWritten;
+      const bytes = written - ((socket as CountedSocket)[kBytesCounted] ?? 0);
+      (socket as CountedSocket)[kBytesCounted] = written;
       const summary: RequestSummary = {
         reqId: id,
         method: ctx.method,
@@ -259,7 +266,7 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
         route: ctx.route?.name ?? "none",
         upstream: ctx.upstream?.name ?? "none",
         status: aborted && !res.headersSent ? ERRORS.client_closed.status : res.statusCode,
-        bytes: socket.bytesWritten - bytesBefore,
+        bytes,
         durationMs: performance.now() - startedAt,
         upstreamMs: ctx.upstreamMs,
         cache: ctx.cacheStatus,

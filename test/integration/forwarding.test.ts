@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { once } from "node:events";
 import http from "node:http";
 import net from "node:net";
 import { after, describe, test } from "node:test";
@@ -512,6 +513,43 @@ describe("operations", () => {
     assert.equal((await request(`${gate.adminUrl}/healthz`)).status, 200);
     assert.equal((await request(`${gate.adminUrl}/readyz`)).status, 200);
     assert.equal((await request(`${gate.adminUrl}/nope`)).status, 404);
+  });
+
+  test("the access line's bytes are each response's own, on a kept-alive connection too", async () => {
+    const up = await upstream((req, res) => {
+      const body = "x".repeat(req.url === "/small" ? 10 : 5000);
+      res.writeHead(200, { "content-type": "text/plain", "content-length": body.length });
+      res.end(body);
+    });
+    const gate = await gateFor(up);
+    const socket = net.connect(gate.port, "127.0.0.1");
+    await once(socket, "connect");
+    const got: number[] = [];
+    let buffered = Buffer.alloc(0);
+    socket.on("data", (d: Buffer) => {
+      buffered = Buffer.concat([buffered, d]);
+    });
+    for (const path of ["/big", "/small", "/big"]) {
+      buffered = Buffer.alloc(0);
+      socket.write(`GET ${path} HTTP/1.1\r\nhost: t\r\n\r\n`);
+      // The whole response: headers, then content-length bytes of body.
+      for (let i = 0; i < 200; i++) {
+        const end = buffered.indexOf("\r\n\r\n");
+        const len =
+          end === -1 ? -1 : Number(/content-length: (\d+)/i.exec(buffered.subarray(0, end).toString())?.[1]);
+        if (end !== -1 && buffered.length === end + 4 + len) break;
+        await sleep(5);
+      }
+      got.push(buffered.length);
+    }
+    socket.destroy();
+    await sleep(20);
+    const logged = gate
+      .logs()
+      .filter((l) => l.msg === "request")
+      .map((l) => l.bytes);
+    assert.deepEqual(logged, got, "bytes as the client received them, per response");
+    assert.ok((got[0] as number) > 5000 && (got[1] as number) < 1000);
   });
 
   test("writes one access line per request with the fields ops need and no credentials", async () => {
