@@ -17,6 +17,7 @@ import os from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { cpuSeconds, ROOT, startChild, stopChildren } from "./processes.js";
+import { intEnv } from "./settings.js";
 
 const run = promisify(execFile);
 
@@ -27,15 +28,6 @@ const VARIANTS: Record<string, Record<string, string>> = {
   "cachegate-warn": { BENCH_LOG_LEVEL: "warn" },
   "cachegate-hits": { BENCH_CACHE_HITS: "1" },
 };
-
-function intEnv(name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min || n > max)
-    throw new Error(`${name}: expected ${min}-${max}, got "${raw}"`);
-  return n;
-}
 
 function need(command: string, hint: string): void {
   try {

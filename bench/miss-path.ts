@@ -24,6 +24,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
 import { type Child, startChild, stopChild, stopChildren } from "./processes.js";
+import { intEnv } from "./settings.js";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 /** Compiled to .bench-dist/bench/*.js (npm run bench:miss), or run through tsx from bench/*.ts. */
@@ -33,16 +34,6 @@ const TARGET_RATIO = 0.9;
 
 type Target = "limiter" | "no-limiter" | "unpatched";
 const ALL: readonly Target[] = ["limiter", "no-limiter", "unpatched"];
-
-function intEnv(name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min || n > max) {
-    throw new Error(`${name} must be an integer from ${min} to ${max}, got "${raw}"`);
-  }
-  return n;
-}
 
 const settings = (() => {
   const wanted = (process.env.BENCH_TARGETS ?? ALL.join(",")).split(",").map((s) => s.trim());

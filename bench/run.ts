@@ -25,6 +25,7 @@ import { dirname, join, resolve } from "node:path";
 import autocannon from "autocannon";
 import { BODY_BYTES } from "./body.js";
 import { cpuSeconds, ROOT, startChild, stopChildren } from "./processes.js";
+import { intEnv } from "./settings.js";
 
 /** The issue's bar: cachegate pass-through at >= 0.8x the requests/s of bare http-proxy-3. */
 const TARGET_RATIO = 0.8;
@@ -51,16 +52,6 @@ interface Settings {
   rounds: number;
   targets: TargetName[];
   cpuProfDir: string | undefined;
-}
-
-function intEnv(name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min || n > max) {
-    throw new Error(`${name} must be an integer from ${min} to ${max}, got "${raw}"`);
-  }
-  return n;
 }
 
 function readSettings(): Settings {

@@ -51,11 +51,6 @@ class CellTree<L extends string, C> {
     }
     return cell;
   }
-
-  clear(): void {
-    this.root.clear();
-    this.all.length = 0;
-  }
 }
 
 export interface CounterCell {

@@ -99,7 +99,6 @@ class Exchange implements IdleWatch {
   private connectTimer: NodeJS.Timeout | undefined;
   /** Called once the response body has closed (ended, failed or destroyed). */
   onBodyClose: (() => void) | undefined = undefined;
-  private watched = false;
   private resolve!: (r: UpstreamResponse) => void;
   private reject!: (e: ProxyError) => void;
   private readonly started = performance.now();
@@ -157,12 +156,11 @@ class Exchange implements IdleWatch {
       this.body = proxyRes;
       this.idleSocket = socket;
       this.idleLimitMs = idle;
-      this.watched = true;
       idleSweeper.watch(this);
     }
     // One listener for everything that waits for the body to be over. "close" follows "end", an error and
     // destroy() alike (`on`: no once-wrapper for a one-shot event).
-    if (this.watched || this.onBodyClose) proxyRes.on("close", this.bodyClosed);
+    if (this.body || this.onBodyClose) proxyRes.on("close", this.bodyClosed);
     this.resolve({
       status: proxyRes.statusCode ?? 502,
       statusMessage: proxyRes.statusMessage ?? "",
@@ -211,7 +209,7 @@ class Exchange implements IdleWatch {
   }
 
   private readonly bodyClosed = (): void => {
-    if (this.watched) idleSweeper.unwatch(this);
+    if (this.body) idleSweeper.unwatch(this); // set only when the sweeper watches it
     this.onBodyClose?.();
   };
 

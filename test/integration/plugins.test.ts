@@ -26,6 +26,14 @@ async function upstream() {
   return up;
 }
 
+/** Writes a plugin module (zod available as `z`) to a fresh directory and returns its path. */
+function pluginFile(fileName: string, definition: string): string {
+  const file = join(mkdtempSync(join(tmpdir(), "cg-plugin-")), fileName);
+  const zod = JSON.stringify(new URL("../../node_modules/zod/index.js", import.meta.url).href);
+  writeFileSync(file, `import { z } from ${zod};\nexport default ${definition};`);
+  return file;
+}
+
 describe("plugins", () => {
   test("the example plugin caches its prefix, bypasses its never-path and stamps hits", async () => {
     const up = await upstream();
@@ -64,18 +72,15 @@ describe("plugins", () => {
 
   test("a plugin loaded from a file path runs with its own validated config", async () => {
     const up = await upstream();
-    const dir = mkdtempSync(join(tmpdir(), "cg-plugin-"));
-    const file = join(dir, "header-plugin.mjs");
-    writeFileSync(
-      file,
-      `import { z } from ${JSON.stringify(new URL("../../node_modules/zod/index.js", import.meta.url).href)};
-       export default {
+    const file = pluginFile(
+      "header-plugin.mjs",
+      `{
          name: "header",
          configSchema: z.strictObject({ value: z.string() }),
          setup(api) {
            api.hook("onResponse", (_req, res) => { res.headers["x-plugin"] = api.config.value; return res; });
          },
-       };`,
+       }`,
     );
     const gate = await startGate({
       upstreams: [{ name: "up", url: up.url }],
@@ -88,12 +93,9 @@ describe("plugins", () => {
 
   test("a response node:http refuses to write (a plugin's invalid header) is a 500 for that request only", async () => {
     const up = await upstream();
-    const dir = mkdtempSync(join(tmpdir(), "cg-plugin-"));
-    const file = join(dir, "bad-header-plugin.mjs");
-    writeFileSync(
-      file,
-      `import { z } from ${JSON.stringify(new URL("../../node_modules/zod/index.js", import.meta.url).href)};
-       export default {
+    const file = pluginFile(
+      "bad-header-plugin.mjs",
+      `{
          name: "bad-header",
          configSchema: z.strictObject({}),
          setup(api) {
@@ -102,7 +104,7 @@ describe("plugins", () => {
              return res;
            });
          },
-       };`,
+       }`,
     );
     const gate = await startGate({
       upstreams: [{ name: "up", url: up.url }],
@@ -133,12 +135,10 @@ describe("plugins", () => {
         e.code === "plugin_config_invalid" &&
         /plugins\[0\]\.config\.ttlSeconds/.test(e.message),
     );
-    const dir = mkdtempSync(join(tmpdir(), "cg-plugin-"));
-    const file = join(dir, "bad-hook.mjs");
-    writeFileSync(
-      file,
-      `export default { name: "bad", configSchema: { safeParse: (v) => ({ success: true, data: v }) },
-         setup(api) { api.hook("onBeforeEverything", () => {}); } };`,
+    const file = pluginFile(
+      "bad-hook.mjs",
+      `{ name: "bad", configSchema: { safeParse: (v) => ({ success: true, data: v }) },
+         setup(api) { api.hook("onBeforeEverything", () => {}); } }`,
     );
     await assert.rejects(
       boot([file]),
