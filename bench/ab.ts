@@ -6,7 +6,9 @@
 // remains the figure of record (autocannon, unpinned, one target at a time).
 //
 //   npm run bench:ab                    defaults: 50 connections per wrk, 5 s warm-up, 5 rounds of 5 s
-//   AB_TARGETS=cachegate,cachegate-nocache,cachegate-warn   variants besides http-proxy-3 (always first)
+//   AB_TARGETS=cachegate,cachegate-nocache,cachegate-warn   variants besides http-proxy-3 (always first); the
+//     ablations cachegate-nobreaker, -nolimit, -forward (no cache, breaker or limiter) and -floor (that, and no
+//     access lines) price one feature each. More than three variants at once spreads CPU 1 thin: prefer pairs.
 //   AB_ROUNDS, AB_DURATION (s), AB_CONNECTIONS
 //
 // Needs Linux with at least 2 CPUs, `taskset` (util-linux) and `wrk` (apt-get install wrk). Loopback only; every run
@@ -27,6 +29,17 @@ const VARIANTS: Record<string, Record<string, string>> = {
   "cachegate-nocache": { BENCH_CACHE_OFF: "1" },
   "cachegate-warn": { BENCH_LOG_LEVEL: "warn" },
   "cachegate-hits": { BENCH_CACHE_HITS: "1" },
+  "cachegate-nobreaker": { BENCH_BREAKER_OFF: "1" },
+  "cachegate-nolimit": { BENCH_CONCURRENCY_OFF: "1" },
+  // Issue 2's scope: forwarding with access lines and metrics, but no cache, breaker or concurrency limiter.
+  "cachegate-forward": { BENCH_CACHE_OFF: "1", BENCH_BREAKER_OFF: "1", BENCH_CONCURRENCY_OFF: "1" },
+  // The floor of the server and pipeline alone: no cache, breaker, limiter or access lines.
+  "cachegate-floor": {
+    BENCH_CACHE_OFF: "1",
+    BENCH_BREAKER_OFF: "1",
+    BENCH_CONCURRENCY_OFF: "1",
+    BENCH_LOG_LEVEL: "warn",
+  },
 };
 
 function need(command: string, hint: string): void {
