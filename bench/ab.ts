@@ -10,13 +10,16 @@
 //     ablations cachegate-nobreaker, -nolimit, -forward (no cache, breaker or limiter) and -floor (that, and no
 //     access lines) price one feature each. More than three variants at once spreads CPU 1 thin: prefer pairs.
 //   AB_ROUNDS, AB_DURATION (s), AB_CONNECTIONS
+//   AB_BASELINE_DIR=.bench-base         also run the default cachegate compiled from another version of the code, to
+//     compare two versions in one run. Make it inside this checkout (so node_modules resolve), e.g.
+//     git stash && npx tsc -p tsconfig.bench.json --outDir .bench-base && git stash pop
 //
 // Needs Linux with at least 2 CPUs, `taskset` (util-linux) and `wrk` (apt-get install wrk). Loopback only; every run
 // is bounded by AB_DURATION. Results: bench/results/ab-<ISO date>.json.
 import { execFile, execFileSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { cpuSeconds, ROOT, startChild, stopChildren } from "./processes.js";
 import { intEnv } from "./settings.js";
@@ -93,6 +96,16 @@ async function main(): Promise<number> {
   const targets = [
     { name: "http-proxy-3", child: await startChild("http-proxy-3", "bare-proxy.ts", env, [], { cpu: 1 }) },
   ];
+  const baselineDir = process.env.AB_BASELINE_DIR;
+  if (baselineDir) {
+    const dir = resolve(baselineDir, "bench");
+    if (!existsSync(join(dir, "cachegate-server.js")))
+      throw new Error(`AB_BASELINE_DIR: no compiled bench in ${dir} (see the header of bench/ab.ts)`);
+    targets.push({
+      name: "baseline",
+      child: await startChild("baseline", "cachegate-server.ts", env, [], { cpu: 1, benchDir: dir }),
+    });
+  }
   for (const v of variants) {
     targets.push({
       name: v,

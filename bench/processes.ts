@@ -25,6 +25,8 @@ export interface StartOptions {
   cpu?: number;
   /** Keep the child's later stdout lines in `lines` instead of echoing them. */
   keepLines?: boolean;
+  /** Run `file` from this compiled bench directory instead of this checkout's (bench:ab's AB_BASELINE_DIR). */
+  benchDir?: string;
 }
 
 const children: ChildProcess[] = [];
@@ -43,9 +45,9 @@ export function startChild(
   nodeArgs: string[] = [],
   opts: StartOptions = {},
 ): Promise<Child> {
-  const { cpu, keepLines = false } = opts;
+  const { cpu, keepLines = false, benchDir } = opts;
   const args = COMPILED
-    ? [...nodeArgs, join(BENCH_DIR, file.replace(/\.ts$/, ".js"))]
+    ? [...nodeArgs, join(benchDir ?? BENCH_DIR, file.replace(/\.ts$/, ".js"))]
     : [...nodeArgs, "--import", "tsx", join(BENCH_DIR, file)];
   const [command, argv] =
     cpu === undefined
