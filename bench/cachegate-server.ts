@@ -28,14 +28,16 @@ const routed = process.env.BENCH_CACHE_OFF
   : forced;
 // BENCH_REDIS_URL: the shared L2 tier, coalescing leases and purge fan-out (the stampede benchmark's pair).
 const redisUrl = process.env.BENCH_REDIS_URL;
-const shared = redisUrl ? { ...routed, redis: { ...routed.redis, url: redisUrl } } : routed;
+const withRedis = redisUrl ? { ...routed, redis: { ...routed.redis, url: redisUrl } } : routed;
 // BENCH_BREAKER_OFF=1 / BENCH_CONCURRENCY_OFF=1: no circuit breaker / no concurrency limiter, to price each.
+const breakerOff = Boolean(process.env.BENCH_BREAKER_OFF);
+const concurrencyOff = Boolean(process.env.BENCH_CONCURRENCY_OFF);
 const config = {
-  ...shared,
-  upstreams: shared.upstreams.map((u) => ({
+  ...withRedis,
+  upstreams: withRedis.upstreams.map((u) => ({
     ...u,
-    breaker: { ...u.breaker, enabled: u.breaker.enabled && !process.env.BENCH_BREAKER_OFF },
-    concurrency: { ...u.concurrency, enabled: u.concurrency.enabled && !process.env.BENCH_CONCURRENCY_OFF },
+    breaker: { ...u.breaker, enabled: u.breaker.enabled && !breakerOff },
+    concurrency: { ...u.concurrency, enabled: u.concurrency.enabled && !concurrencyOff },
   })),
 };
 const logger = createLogger(config.log.level, logDestination("/dev/null"));

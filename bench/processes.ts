@@ -25,7 +25,10 @@ export interface StartOptions {
   cpu?: number;
   /** Keep the child's later stdout lines in `lines` instead of echoing them. */
   keepLines?: boolean;
-  /** Run `file` from this compiled bench directory instead of this checkout's (bench:ab's AB_BASELINE_DIR). */
+  /**
+   * Run `file` compiled, from this bench directory instead of this checkout's (bench:ab's AB_BASELINE_DIR); also
+   * when the caller runs through tsx, which would otherwise run this checkout's sources in its place.
+   */
   benchDir?: string;
 }
 
@@ -46,9 +49,10 @@ export function startChild(
   opts: StartOptions = {},
 ): Promise<Child> {
   const { cpu, keepLines = false, benchDir } = opts;
-  const args = COMPILED
-    ? [...nodeArgs, join(benchDir ?? BENCH_DIR, file.replace(/\.ts$/, ".js"))]
-    : [...nodeArgs, "--import", "tsx", join(BENCH_DIR, file)];
+  const args =
+    COMPILED || benchDir
+      ? [...nodeArgs, join(benchDir ?? BENCH_DIR, file.replace(/\.ts$/, ".js"))]
+      : [...nodeArgs, "--import", "tsx", join(BENCH_DIR, file)];
   const [command, argv] =
     cpu === undefined
       ? [process.execPath, args]
