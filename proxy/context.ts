@@ -86,6 +86,8 @@ export interface RequestContext {
    * it is destroyed when the client's exchange closes while nothing reads it.
    */
   upstreamResponseBody: Readable | undefined;
+  /** The stream deliver is sending to the client (destroyed when the client leaves before its end). */
+  sentBody: Readable | undefined;
   /** ms from arrival until the upstream's response headers, if the upstream was asked. */
   upstreamMs: number | undefined;
   /** Error code when cachegate produced or cut the response. */

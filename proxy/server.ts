@@ -106,6 +106,7 @@ class Context implements RequestContext {
   upstreamBodyPrefix: Buffer[] | undefined = undefined;
   fromUpstream = false;
   upstreamResponseBody: RequestContext["upstreamResponseBody"] = undefined;
+  sentBody: RequestContext["sentBody"] = undefined;
   clientConditionals: Record<string, string | undefined> = {};
   coalesced = false;
   responseHeaders: Record<string, string> | undefined = undefined;
@@ -253,6 +254,9 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
       // and its concurrency slot.
       const body = ctx.upstreamResponseBody;
       if (body && !body.readableEnded && body.readableFlowing !== true) body.destroy();
+      // The client left before the end of a streamed response: stop reading it (which aborts the upstream request).
+      const sent = ctx.sentBody;
+      if (sent && !sent.readableEnded) sent.destroy();
       const aborted = !res.writableFinished && ctx.errorCode !== "upstream_aborted";
       // Bytes of this response: the socket's count now, less what it had when its previous response ended (one
       // read of the getter per request; it copies the socket's write queue each time).

@@ -1,6 +1,7 @@
 // Last stage, deliver: the only place that writes to the client socket. Adds cachegate's own headers,
 // flushes event streams frame by frame, and cuts the client connection if the upstream body breaks.
 import type { OutgoingHttpHeader } from "node:http";
+import type { Readable } from "node:stream";
 import type { RequestContext, ResponsePlan } from "../context.js";
 import { errorBody, ProxyError } from "../errors.js";
 
@@ -70,25 +71,55 @@ export function deliver(ctx: RequestContext, plan: ResponsePlan, opts: DeliverOp
     res.flushHeaders();
     res.socket?.setNoDelay(true);
   }
-  // The upstream body broke while the client was still there: record it and cut the client connection, so it sees
-  // an incomplete reply rather than a truncated one that looks complete. (`.pipe` plus these handlers, not
-  // stream.pipeline: on Node 20 pipeline costs an AbortController and a DOMException per response.)
-  const cut = () => {
-    if (res.writableEnded) return;
-    if (!ctx.req.socket.destroyed) ctx.errorCode ??= "upstream_aborted";
-    res.destroy();
-  };
-  // `on`, not `once`: "close" happens once, and an "error" listener that stays is harmless (a once-wrapper each
-  // is not free on a path every response takes).
-  body.on("error", cut);
-  body.on("close", () => {
-    if (!body.readableEnded) cut();
-  });
-  // The client left: stop reading the upstream (which aborts the upstream request).
-  res.on("close", () => {
-    if (!body.readableEnded) body.destroy();
-  });
-  body.pipe(res);
+  // The body is pumped by hand rather than with `.pipe`: pipe adds six listeners (three of them once-wrappers) and
+  // removes them again, on every response; these four listeners are module functions (no closure per response) and
+  // are never removed. (stream.pipeline is worse still: on Node 20 it costs an AbortController and a DOMException.)
+  // The server's "close" handler destroys `sentBody` when the client leaves first, which aborts the upstream request.
+  ctx.sentBody = body;
+  (body as PumpedBody)[kCtx] = ctx;
+  body.on("error", onBodyError);
+  body.on("close", onBodyClose);
+  body.on("end", onBodyEnd);
+  body.on("data", onBodyData);
+  if (body.readableFlowing !== true) body.resume(); // also a body a stage paused
+}
+
+const kCtx = Symbol("cachegate.deliverCtx");
+type PumpedBody = Readable & { [kCtx]: RequestContext };
+
+function onBodyData(this: PumpedBody, chunk: Buffer): void {
+  const res = this[kCtx].res;
+  if (!res.write(chunk)) {
+    // The client reads slower than the upstream sends: wait for the socket to drain (backpressure reaches the
+    // upstream through its TCP window).
+    this.pause();
+    res.once("drain", () => this.resume());
+  }
+}
+
+function onBodyEnd(this: PumpedBody): void {
+  this[kCtx].res.end();
+}
+
+/**
+ * The body broke (an error, or closed before its end) while the response was still open: record it and cut the
+ * client connection, so the client sees an incomplete reply rather than a truncated one that looks complete.
+ */
+function cut(ctx: RequestContext): void {
+  const res = ctx.res;
+  if (res.writableEnded) return;
+  if (!ctx.req.socket.destroyed) ctx.errorCode ??= "upstream_aborted";
+  res.destroy();
+}
+
+// `on`, not `once`, for "error": an error listener that stays is harmless (a once-wrapper each is not free on a path
+// every response takes).
+function onBodyError(this: PumpedBody): void {
+  cut(this[kCtx]);
+}
+
+function onBodyClose(this: PumpedBody): void {
+  if (!this.readableEnded) cut(this[kCtx]);
 }
 
 export function asProxyError(err: unknown): ProxyError {
