@@ -37,6 +37,8 @@ import { withoutRequestHopByHop } from "./upstream/hop-by-hop.js";
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
 /** On a client socket: its bytesWritten when its last response ended (keep-alive sockets carry many). */
 const kBytesCounted = Symbol("cachegate.bytesCounted");
+/** On a response: its request context (for the shared "close" handler). */
+const kCtx = Symbol("cachegate.ctx");
 type CountedSocket = Socket & { [kBytesCounted]?: number };
 
 /** Top-level keys a reload cannot change in a running process. */
@@ -236,53 +238,57 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
   const accessLog = createAccessLog(logger);
   events.on("request:end", (s) => accessLog(s, s.error !== undefined && s.status >= 500));
 
+  // One function for every response (`this` is the response, its context is on it): no closure per request.
+  function onResponseClose(this: ServerResponse & { [kCtx]?: Context }): void {
+    const ctx = this[kCtx] as Context;
+    const socket = ctx.req.socket;
+    inFlight--;
+    // Whatever happened, a coalesced flight this request led must not leave followers waiting.
+    ctx.cache?.flight?.release("failed");
+    // An upstream body nobody reads any more (a stage replaced the response): drop it, which frees its socket
+    // and its concurrency slot.
+    const body = ctx.upstreamResponseBody;
+    if (body && !body.readableEnded && body.readableFlowing !== true) body.destroy();
+    // The client left before the end of a streamed response: stop reading it (which aborts the upstream request).
+    const sent = ctx.sentBody;
+    if (sent && !sent.readableEnded) sent.destroy();
+    const aborted = !this.writableFinished && ctx.errorCode !== "upstream_aborted";
+    // Bytes of this response: the socket's count now, less what it had when its previous response ended (one
+    // read of the getter per request; it copies the socket's write queue each time).
+    const written = socket.bytesWritten;
+    const bytes = written - ((socket as CountedSocket)[kBytesCounted] ?? 0);
+    (socket as CountedSocket)[kBytesCounted] = written;
+    const summary: RequestSummary = {
+      reqId: ctx.id,
+      method: ctx.method,
+      path: ctx.path,
+      route: ctx.route?.name ?? "none",
+      upstream: ctx.upstream?.name ?? "none",
+      status: aborted && !this.headersSent ? ERRORS.client_closed.status : this.statusCode,
+      bytes,
+      durationMs: performance.now() - ctx.startedAt,
+      upstreamMs: ctx.upstreamMs,
+      cache: ctx.cacheStatus,
+      cacheTier: ctx.cacheTier,
+      coalesced: ctx.coalesced,
+      clientIp: ctx.clientIp,
+      error: aborted ? "client_closed" : ctx.errorCode,
+      aborted,
+    };
+    events.emit("request:end", summary);
+    if (draining && inFlight === 0) drained?.();
+  }
+
   const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     inFlight++;
     const startedAt = performance.now();
     const given = req.headers["x-request-id"];
     const id = typeof given === "string" && REQUEST_ID_RE.test(given) ? given : randomUUID();
     const ctx = new Context(id, req, res, startedAt, logger);
-    const socket = req.socket;
-    // http-proxy-3, the forwarder, stream.pipeline and this server each watch `close`: ~8 listeners is normal.
+    // http-proxy-3, node:http, plugins' streams and this server watch `close`: more than 10 listeners is no leak.
     res.setMaxListeners(20);
-
-    res.on("close", () => {
-      inFlight--;
-      // Whatever happened, a coalesced flight this request led must not leave followers waiting.
-      ctx.cache?.flight?.release("failed");
-      // An upstream body nobody reads any more (a stage replaced the response): drop it, which frees its socket
-      // and its concurrency slot.
-      const body = ctx.upstreamResponseBody;
-      if (body && !body.readableEnded && body.readableFlowing !== true) body.destroy();
-      // The client left before the end of a streamed response: stop reading it (which aborts the upstream request).
-      const sent = ctx.sentBody;
-      if (sent && !sent.readableEnded) sent.destroy();
-      const aborted = !res.writableFinished && ctx.errorCode !== "upstream_aborted";
-      // Bytes of this response: the socket's count now, less what it had when its previous response ended (one
-      // read of the getter per request; it copies the socket's write queue each time).
-      const written = socket.bytesWritten;
-      const bytes = written - ((socket as CountedSocket)[kBytesCounted] ?? 0);
-      (socket as CountedSocket)[kBytesCounted] = written;
-      const summary: RequestSummary = {
-        reqId: id,
-        method: ctx.method,
-        path: ctx.path,
-        route: ctx.route?.name ?? "none",
-        upstream: ctx.upstream?.name ?? "none",
-        status: aborted && !res.headersSent ? ERRORS.client_closed.status : res.statusCode,
-        bytes,
-        durationMs: performance.now() - startedAt,
-        upstreamMs: ctx.upstreamMs,
-        cache: ctx.cacheStatus,
-        cacheTier: ctx.cacheTier,
-        coalesced: ctx.coalesced,
-        clientIp: ctx.clientIp,
-        error: aborted ? "client_closed" : ctx.errorCode,
-        aborted,
-      };
-      events.emit("request:end", summary);
-      if (draining && inFlight === 0) drained?.();
-    });
+    (res as ServerResponse & { [kCtx]?: Context })[kCtx] = ctx;
+    res.on("close", onResponseClose);
 
     // While draining, requests that still arrive on kept-alive connections are served, with `connection: close`.
     let plan: ReturnType<typeof runPipeline>;

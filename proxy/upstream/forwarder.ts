@@ -116,7 +116,7 @@ class Exchange implements IdleWatch {
       this.reject = reject;
     });
     const t = this.upstream.config.timeouts.response;
-    if (t > 0) this.responseTimer = setTimeout(this.onResponseTimeout, t);
+    if (t > 0) this.responseTimer = setTimeout(onResponseTimeout, t, this);
     this.req[kExchange] = this;
     this.send(body);
     return promise;
@@ -135,8 +135,9 @@ class Exchange implements IdleWatch {
     this.proxyReq = cr;
     const t = this.upstream.config.timeouts.connect;
     if (t > 0 && socket.connecting) {
-      this.connectTimer = setTimeout(this.onConnectTimeout, t);
-      socket.once("connect", this.clearConnectTimer);
+      const timer = setTimeout(onConnectTimeout, t, this);
+      this.connectTimer = timer;
+      socket.once("connect", () => clearTimeout(timer));
     }
   }
 
@@ -160,7 +161,10 @@ class Exchange implements IdleWatch {
     }
     // One listener for everything that waits for the body to be over. "close" follows "end", an error and
     // destroy() alike (`on`: no once-wrapper for a one-shot event).
-    if (this.body || this.onBodyClose) proxyRes.on("close", this.bodyClosed);
+    if (this.body || this.onBodyClose) {
+      (proxyRes as WithExchange)[kExchange] = this;
+      proxyRes.on("close", onBodyClosed);
+    }
     this.resolve({
       status: proxyRes.statusCode ?? 502,
       statusMessage: proxyRes.statusMessage ?? "",
@@ -208,24 +212,20 @@ class Exchange implements IdleWatch {
     if (this.connectTimer) clearTimeout(this.connectTimer);
   }
 
-  private readonly bodyClosed = (): void => {
+  bodyClosed(): void {
     if (this.body) idleSweeper.unwatch(this); // set only when the sweeper watches it
     this.onBodyClose?.();
-  };
+  }
 
-  private readonly clearConnectTimer = (): void => {
-    if (this.connectTimer) clearTimeout(this.connectTimer);
-  };
-
-  private readonly onResponseTimeout = (): void => {
+  responseTimedOut(): void {
     const err = coded("UPSTREAM_RESPONSE_TIMEOUT", "response timeout");
     if (this.proxyReq) this.proxyReq.destroy(err);
     else this.fail(toProxyError(err, this.upstream)); // still queued for a pooled socket
-  };
+  }
 
-  private readonly onConnectTimeout = (): void => {
+  connectTimedOut(): void {
     this.proxyReq?.destroy(coded("UPSTREAM_CONNECT_TIMEOUT", "connect timeout"));
-  };
+  }
 
   idleFinished(): boolean {
     const body = this.body;
@@ -235,6 +235,20 @@ class Exchange implements IdleWatch {
   idleExpired(): void {
     this.proxyReq?.destroy(coded("UPSTREAM_IDLE_TIMEOUT", "idle timeout"));
   }
+}
+
+// Module functions rather than per-exchange closures: the timers get their exchange as an argument, the body's
+// "close" listener finds it on the body (`this` is the emitter).
+function onResponseTimeout(ex: Exchange): void {
+  ex.responseTimedOut();
+}
+
+function onConnectTimeout(ex: Exchange): void {
+  ex.connectTimedOut();
+}
+
+function onBodyClosed(this: WithExchange): void {
+  this[kExchange]?.bodyClosed();
 }
 
 export class Forwarder {
