@@ -7,6 +7,8 @@
 // What this changes for operators: a line reaches the file or pipe at most `maxDelayMs` (25 ms) later than it was
 // logged. Lines buffered here are written synchronously when the process exits (process.exit included, so the
 // fatal line of an uncaught exception is not lost); only a SIGKILL or a native crash loses the last interval.
+import { mkdirSync, openSync } from "node:fs";
+import { dirname } from "node:path";
 import type { DestinationStream } from "pino";
 import pino from "pino";
 
@@ -178,13 +180,24 @@ export function logDestination(dest: number | string, opts?: BatchOptions): Batc
   return new BatchedDestination(sonic(dest, opts?.maxPendingBytes), opts);
 }
 
-/** SonicBoom in buffer mode: it is handed whole encoded batches. */
+/**
+ * SonicBoom in buffer mode: it is handed whole encoded batches. A path is opened here, synchronously: SonicBoom
+ * would open it asynchronously, and a process that exits before that open completes (process.exit right after
+ * start) would lose its lines and die in pino's exit hook ("sonic boom is not ready yet"). Opening at once also
+ * makes an unwritable path an error at creation, where the caller can name it.
+ */
 function sonic(dest: number | string, maxPending = MAX_PENDING_BYTES): SonicBoom {
+  let fd: number;
+  if (typeof dest === "string") {
+    mkdirSync(dirname(dest), { recursive: true });
+    fd = openSync(dest, "a");
+  } else {
+    fd = dest;
+  }
   return pino.destination({
-    dest,
+    dest: fd,
     sync: false,
     contentMode: "buffer",
     maxLength: maxPending,
-    ...(typeof dest === "string" ? { mkdir: true } : {}),
   } as Parameters<typeof pino.destination>[0]);
 }

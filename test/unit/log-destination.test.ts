@@ -126,3 +126,22 @@ test("a process that exits, even through process.exit, writes what it had pendin
   assert.equal(lines.length, 21);
   assert.equal(JSON.parse(lines[20] as string).msg, "last words");
 });
+
+test("a process that exits at once after opening a log file keeps its lines and exits cleanly", () => {
+  // SonicBoom opens a path asynchronously; exiting before that completed lost the lines and threw in pino's exit hook.
+  const file = join(dir, "sub", "d.log");
+  const script = `
+    import { logDestination } from ${JSON.stringify(new URL("../../proxy/observability/log-destination.ts", import.meta.url).href)};
+    import { createLogger } from ${JSON.stringify(new URL("../../proxy/observability/logger.ts", import.meta.url).href)};
+    const logger = createLogger("info", logDestination(process.argv[1]));
+    logger.info("at once");
+    process.exit(0);
+  `;
+  const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script, file], {
+    encoding: "utf8",
+    timeout: 20_000,
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.doesNotMatch(r.stderr, /not ready/);
+  assert.equal(JSON.parse(read(file).trim()).msg, "at once");
+});
