@@ -10,3 +10,22 @@ export function intEnv(name: string, fallback: number, min: number, max: number)
   }
   return n;
 }
+
+/** Variant name → bench/cachegate-server.ts environment. */
+export const VARIANTS: Record<string, Record<string, string>> = {
+  cachegate: {},
+  "cachegate-nocache": { BENCH_CACHE_OFF: "1" },
+  "cachegate-warn": { BENCH_LOG_LEVEL: "warn" },
+  "cachegate-hits": { BENCH_CACHE_HITS: "1" },
+  "cachegate-nobreaker": { BENCH_BREAKER_OFF: "1" },
+  "cachegate-nolimit": { BENCH_CONCURRENCY_OFF: "1" },
+  // Issue 2's scope: forwarding with access lines and metrics, but no cache, breaker or concurrency limiter.
+  "cachegate-forward": { BENCH_CACHE_OFF: "1", BENCH_BREAKER_OFF: "1", BENCH_CONCURRENCY_OFF: "1" },
+  // The floor of the server and pipeline alone: no cache, breaker, limiter or access lines.
+  "cachegate-floor": {
+    BENCH_CACHE_OFF: "1",
+    BENCH_BREAKER_OFF: "1",
+    BENCH_CONCURRENCY_OFF: "1",
+    BENCH_LOG_LEVEL: "warn",
+  },
+};
