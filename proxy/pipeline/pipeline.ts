@@ -39,7 +39,15 @@ export function runPipeline(pipeline: Pipeline, ctx: RequestContext): ResponsePl
   const stages = pipeline.requestStages;
   for (let i = 0; i < stages.length; i++) {
     const verdict = (stages[i] as RequestStage).run(ctx);
-    if (isPromise(verdict)) return verdict.then((v) => afterRequestStage(pipeline, ctx, v, i + 1));
+    if (isPromise(verdict)) {
+      // The common case (the forward stage answers): the response stages straight away, without an async function
+      // (its promise, and the adoption of that promise by this one, cost two promises a request).
+      return verdict.then((v) =>
+        v.action === "respond"
+          ? runResponseStages(pipeline, ctx, v.response, 0)
+          : afterRequestStage(pipeline, ctx, v, i + 1),
+      );
+    }
     if (verdict.action === "respond") return runResponseStages(pipeline, ctx, verdict.response, 0);
   }
   return noResponse();
