@@ -44,6 +44,9 @@ const OUTCOMES: ReadonlySet<unknown> = new Set<FlightOutcome>(["stored", "uncach
 
 // A lease poll that finds the lease gone waits this long for the completion message before settling "failed".
 const MESSAGE_GRACE_MS = 20;
+// How often local leaders past their lease are looked for. Only leaders nobody waits on are left to this sweep (a
+// follower arms an exact timer for the lease's end): it keeps the map from holding a lost leader forever.
+const REAP_INTERVAL_MS = 1_000;
 
 // Deletes the lease only while it is still ours (after it expired another instance may hold the key), then
 // announces the outcome. One script, so the two are atomic: any poll that sees the lease gone runs after the
@@ -68,7 +71,7 @@ interface Flight {
   lease: string | undefined;
   /** A remote completion that arrived while the lease SET was still on its way. */
   early: FlightOutcome | undefined;
-  /** Leader: the local lease's end. Remote: the next lease poll. */
+  /** Leader: the local lease's end, armed once a follower waits for it. Remote: the next lease poll. */
   timer: NodeJS.Timeout | undefined;
   /** Leader: when the local lease ends (Date.now() ms); the flight settles "failed" then at the latest. */
   deadline: number;
@@ -92,6 +95,7 @@ export class SingleFlight {
   private nonce = 0;
   private closed = false;
   private readonly acquireTimeoutMs: number;
+  private reaper: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: SingleFlightOptions) {
     this.acquireTimeoutMs = opts.acquireTimeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS;
@@ -109,7 +113,10 @@ export class SingleFlight {
    */
   acquire(key: string, leaseMs: number = this.opts.leaseMs): Leader | Follower | Promise<Leader | Follower> {
     const existing = this.flights.get(key);
-    if (existing) return this.follower(existing);
+    if (existing) {
+      if (existing.role !== "leader" || existing.deadline > Date.now()) return this.follower(existing);
+      this.settle(existing, "failed"); // its lease has ended: this acquire leads
+    }
     // Registered before any await, so every acquire from here on follows this flight.
     const flight: Flight = {
       key,
@@ -177,6 +184,8 @@ export class SingleFlight {
   /** Stops lease polling and wakes remote followers with "failed" (they fall back to fetching themselves). */
   close(): void {
     this.closed = true;
+    clearInterval(this.reaper);
+    this.reaper = undefined;
     for (const flight of [...this.flights.values()]) {
       if (flight.role === "remote") this.settle(flight, "failed");
     }
@@ -187,9 +196,13 @@ export class SingleFlight {
     this.led++;
     // The local twin of the Redis lease: a leader that never releases (a lost code path, an upstream slower than
     // leaseMs) stops holding its followers, and the next acquire leads, as other instances do once the lease expires.
+    // No timer per flight (one per miss, most of them released long before): a follower arms one for the lease's
+    // end when it waits for it, the next acquire of the key checks the deadline, and a coarse sweep does the rest.
     flight.deadline = Date.now() + flight.leaseMs;
-    flight.timer = setTimeout(() => this.settle(flight, "failed"), flight.leaseMs);
-    flight.timer.unref();
+    if (!this.reaper && !this.closed) {
+      this.reaper = setInterval(this.reap, REAP_INTERVAL_MS);
+      this.reaper.unref();
+    }
     return {
       role: "leader",
       release: (outcome) => {
@@ -208,9 +221,13 @@ export class SingleFlight {
         if (!(timeoutMs > 0)) return Promise.resolve("timeout");
         // A local leader settles by its own deadline at the latest: a follower that would wait at least as long
         // needs no timer of its own (the common case: one timer per flight instead of one per follower).
-        if (flight.role === "leader" && flight.deadline <= Date.now() + timeoutMs) {
-          // Referenced from now on, as a follower's own timer would be: someone awaits an answer.
-          flight.timer?.ref();
+        const now = Date.now();
+        if (flight.role === "leader" && flight.deadline <= now + timeoutMs) {
+          // Referenced, as a follower's own timer would be: someone awaits an answer.
+          const left = Math.max(0, flight.deadline - now);
+          if (flight.timer === undefined && left < MAX_TIMER_MS) {
+            flight.timer = setTimeout(() => this.settle(flight, "failed"), left);
+          }
           return new Promise((resolve) => void flight.waiters.add(resolve));
         }
         return new Promise((resolve) => {
@@ -231,6 +248,18 @@ export class SingleFlight {
       },
     };
   }
+
+  /** Settles the local leaders whose lease has ended; stops once there is no flight left. */
+  private readonly reap = (): void => {
+    const now = Date.now();
+    for (const flight of this.flights.values()) {
+      if (flight.role === "leader" && flight.deadline <= now) this.settle(flight, "failed");
+    }
+    if (this.flights.size === 0) {
+      clearInterval(this.reaper);
+      this.reaper = undefined;
+    }
+  };
 
   /** Records the outcome, ends the flight and wakes its waiters synchronously, all of them. */
   private settle(flight: Flight, outcome: FlightOutcome): void {

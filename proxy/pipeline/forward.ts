@@ -11,7 +11,7 @@ import { usableOnError, validatorHeaders } from "../cache/policy.js";
 import type { RequestContext } from "../context.js";
 import { ProxyError } from "../errors.js";
 import type { ProxyEvents } from "../observability/events.js";
-import type { Breakers } from "../resilience/breakers.js";
+import { type Breakers, breakerFailure } from "../resilience/breakers.js";
 import type { Slot, UpstreamLimiters } from "../resilience/upstream-limiter.js";
 import type { TrustedProxies } from "../upstream/forwarded.js";
 import { setForwardedHeaders } from "../upstream/forwarded.js";
@@ -82,7 +82,11 @@ export function createForwardStage(
     });
   };
 
-  /** With a slot (or no limiter): the call, through the breaker when there is one. */
+  /**
+   * With a slot (or no limiter): the call, through the breaker when there is one. A 5xx counts as a breaker failure
+   * and is still the answer: the forwarder rejects with it (breakerFailure) and `breaker.outcome` gives it back, so
+   * the call costs opossum's promises and one more, not a judging and an unwrapping step on top.
+   */
   const send = (ctx: RequestContext, slot: Slot | undefined): Promise<Verdict> => {
     const upstream = ctx.upstream as NonNullable<RequestContext["upstream"]>;
     const breaker = resilience.breakers?.get(upstream.name);
@@ -91,14 +95,27 @@ export function createForwardStage(
       // The client left while the upstream was busy with others: don't send its request.
       if (slot && ctx.res.destroyed) throw new ProxyError("client_closed");
       const release = slot ? () => slot.release() : undefined;
-      const forward = () => forwarder.forward(ctx.req, ctx.res, upstream, upstreamBody(ctx), release);
-      call = breaker ? breaker.run(forward, isServerError) : forward();
+      // The body is made when the call is made (not at all when the breaker refuses it).
+      call = breaker
+        ? breaker.fire(() =>
+            forwarder.forward(ctx.req, ctx.res, upstream, upstreamBody(ctx), release, serverErrorAsFailure),
+          )
+        : forwarder.forward(ctx.req, ctx.res, upstream, upstreamBody(ctx), release);
     } catch (err) {
       call = Promise.reject(err);
     }
     return call.then(
       (up) => onResponse(ctx, up, slot),
-      (err: unknown) => onFailure(ctx, err, slot),
+      (err: unknown) => {
+        if (!breaker) return onFailure(ctx, err, slot);
+        let up: UpstreamResponse;
+        try {
+          up = breaker.outcome(err);
+        } catch (refused) {
+          return onFailure(ctx, refused, slot);
+        }
+        return onResponse(ctx, up, slot);
+      },
     );
   };
 
@@ -141,6 +158,6 @@ export function createForwardStage(
 }
 
 /** A 5xx counts as a failure for the breaker (and is still the answer). */
-function isServerError(r: UpstreamResponse): boolean {
-  return r.status >= 500;
+function serverErrorAsFailure(r: UpstreamResponse): Error | undefined {
+  return r.status >= 500 ? breakerFailure(r) : undefined;
 }

@@ -50,16 +50,28 @@ class FailedResult<T> extends Error {
   }
 }
 
+/**
+ * For a call that judges its own results (`UpstreamBreaker.fire`): reject with this to have `result` counted as a
+ * failure and still returned by `outcome`.
+ */
+export function breakerFailure<T>(result: T): Error {
+  return new FailedResult(result);
+}
+
 type Call = () => Promise<unknown>;
 type Judge = (result: unknown) => boolean;
 
-/** opossum's action: the call, with a failing result turned into a rejection opossum can count. */
-function judged(call: Call, isFailure: Judge): Promise<unknown> {
+/**
+ * opossum's action: the call, with a failing result turned into a rejection opossum can count. Without a judge
+ * the call rejects by itself (breakerFailure) and its promise is used as it is.
+ */
+function judged(call: Call, isFailure: Judge | undefined): Promise<unknown> {
+  if (!isFailure) return call();
   return call().then((result) => (isFailure(result) ? Promise.reject(new FailedResult(result)) : result));
 }
 
 export class UpstreamBreaker {
-  private readonly cb: CircuitBreaker<[Call, Judge], unknown>;
+  private readonly cb: CircuitBreaker<[Call, Judge | undefined], unknown>;
   private previous: BreakerState = "closed";
   private openedAt = 0;
 
@@ -69,7 +81,7 @@ export class UpstreamBreaker {
     emitter: EventEmitter<BreakerEvents>,
     private readonly now: () => number = Date.now,
   ) {
-    this.cb = new CircuitBreaker<[Call, Judge], unknown>(judged, {
+    this.cb = new CircuitBreaker<[Call, Judge | undefined], unknown>(judged, {
       name: upstream,
       timeout: false,
       resetTimeout: cfg.resetTimeout,
@@ -133,6 +145,20 @@ export class UpstreamBreaker {
    */
   run<T>(call: () => Promise<T>, isFailure: (result: T) => boolean): Promise<T> {
     return this.cb.fire(call as Call, isFailure as Judge).then(undefined, this.unwrap) as Promise<T>;
+  }
+
+  /**
+   * `run` for a caller that settles the promise itself (the forward stage, two promises fewer per request): `call`
+   * rejects with `breakerFailure(result)` for a result that counts as a failure, and the caller passes every
+   * rejection through `outcome`.
+   */
+  fire<T>(call: () => Promise<T>): Promise<T> {
+    return this.cb.fire(call as Call, undefined) as Promise<T>;
+  }
+
+  /** For a rejection of `fire`: the result that counted as a failure, or throws (a refusal as our coded 503). */
+  outcome<T>(err: unknown): T {
+    return this.unwrap(err) as T;
   }
 
   /** A failure that is still the answer comes back as the result; a refusal becomes our coded 503. */

@@ -9,7 +9,7 @@ import { Readable } from "node:stream";
 import { createProxyServer, type ProxyServer } from "http-proxy-3";
 import { ProxyError } from "../errors.js";
 import type { Upstream } from "../routing.js";
-import { type IdleWatch, idleSweeper } from "./idle-sweeper.js";
+import { COARSE_DEADLINE_MS, type DeadlineWatch, type IdleWatch, idleSweeper } from "./idle-sweeper.js";
 
 export interface UpstreamResponse {
   status: number;
@@ -86,7 +86,7 @@ type WithExchange = IncomingMessage & { [kExchange]?: Exchange };
  * http-proxy-3's server-wide events (`proxyReq`, `proxyRes`, `error`, `econnreset`) find it on the request.
  * While the response body flows it is an IdleWatch: the sweeper enforces the body idle limit.
  */
-class Exchange implements IdleWatch {
+class Exchange implements IdleWatch, DeadlineWatch {
   settled = false;
   attempt = 0;
   proxyReq: ClientRequest | undefined;
@@ -96,11 +96,15 @@ class Exchange implements IdleWatch {
   idleBytes = 0;
   idleSince = 0;
   private responseTimer: NodeJS.Timeout | undefined;
+  /** The response-header deadline, when the sweeper watches it (long timeouts) instead of a timer. */
+  deadline = Number.POSITIVE_INFINITY;
   private connectTimer: NodeJS.Timeout | undefined;
   /** Called once the response body has closed (ended, failed or destroyed). */
   onBodyClose: (() => void) | undefined = undefined;
+  /** A response this returns an error for rejects with that error (the breaker's failures) instead of resolving. */
+  rejectIf: ((r: UpstreamResponse) => Error | undefined) | undefined = undefined;
   private resolve!: (r: UpstreamResponse) => void;
-  private reject!: (e: ProxyError) => void;
+  private reject!: (e: Error) => void;
   private readonly started = performance.now();
 
   constructor(
@@ -115,8 +119,15 @@ class Exchange implements IdleWatch {
       this.resolve = resolve;
       this.reject = reject;
     });
+    // Response timeouts are long (5 min by default) and almost never fire: the sweeper's 250 ms tick watches those
+    // instead of a timer per request; a short one (tests, strict operators) keeps an exact timer.
     const t = this.upstream.config.timeouts.response;
-    if (t > 0) this.responseTimer = setTimeout(onResponseTimeout, t, this);
+    if (t >= COARSE_DEADLINE_MS) {
+      this.deadline = this.started + t;
+      idleSweeper.watchDeadline(this);
+    } else if (t > 0) {
+      this.responseTimer = setTimeout(onResponseTimeout, t, this);
+    }
     this.req[kExchange] = this;
     this.send(body);
     return promise;
@@ -165,13 +176,16 @@ class Exchange implements IdleWatch {
       (proxyRes as WithExchange)[kExchange] = this;
       proxyRes.on("close", onBodyClosed);
     }
-    this.resolve({
+    const response: UpstreamResponse = {
       status: proxyRes.statusCode ?? 502,
       statusMessage: proxyRes.statusMessage ?? "",
       headers: proxyRes.headers,
       body: proxyRes,
       ttfbMs: performance.now() - this.started,
-    });
+    };
+    const failure = this.rejectIf?.(response);
+    if (failure) this.reject(failure);
+    else this.resolve(response);
   }
 
   onError(err: CodedError): void {
@@ -208,6 +222,7 @@ class Exchange implements IdleWatch {
   }
 
   private clearTimers(): void {
+    if (this.deadline !== Number.POSITIVE_INFINITY) idleSweeper.unwatchDeadline(this);
     if (this.responseTimer) clearTimeout(this.responseTimer);
     if (this.connectTimer) clearTimeout(this.connectTimer);
   }
@@ -221,6 +236,10 @@ class Exchange implements IdleWatch {
     const err = coded("UPSTREAM_RESPONSE_TIMEOUT", "response timeout");
     if (this.proxyReq) this.proxyReq.destroy(err);
     else this.fail(toProxyError(err, this.upstream)); // still queued for a pooled socket
+  }
+
+  deadlineExpired(): void {
+    this.responseTimedOut();
   }
 
   connectTimedOut(): void {
@@ -302,7 +321,8 @@ export class Forwarder {
   /**
    * Forwards `req` to `upstream`; resolves with the response headers and a body stream. `body` replaces the
    * request stream when a stage has already read it (a keyed POST body). `onBodyClose` runs once the response
-   * body is over (ended, failed or destroyed); not at all when the call fails before a response.
+   * body is over (ended, failed or destroyed); not at all when the call fails before a response. A response for
+   * which `rejectIf` returns an error rejects with it (the body still flows: whoever catches it owns the response).
    */
   forward(
     req: IncomingMessage,
@@ -310,9 +330,11 @@ export class Forwarder {
     upstream: Upstream,
     body?: Readable,
     onBodyClose?: () => void,
+    rejectIf?: (r: UpstreamResponse) => Error | undefined,
   ): Promise<UpstreamResponse> {
     const exchange = new Exchange(this, req, res, upstream);
     exchange.onBodyClose = onBodyClose;
+    exchange.rejectIf = rejectIf;
     return exchange.start(body);
   }
 

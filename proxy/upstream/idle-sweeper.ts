@@ -9,11 +9,23 @@
 //                    upstream's `timeouts.idle` (`streamIdle` for event streams); expiry aborts the upstream request.
 //   pooled sockets   (routing.ts) a keep-alive Agent's free sockets, against `pool.freeSocketTimeout`; expiry closes
 //                    the socket, before the upstream's own keep-alive timeout can race a request onto it.
+//   deadlines        (upstream/forwarder.ts) an upstream request waiting for its response headers, against
+//                    `timeouts.response` when that is at least COARSE_DEADLINE_MS (shorter ones get a timer of their
+//                    own, where 250 ms would be too coarse); expiry aborts the upstream request.
 import type { Agent } from "node:http";
 import type { Socket } from "node:net";
 
 /** How often watched sockets are checked: the precision of every idle limit. */
 export const SWEEP_INTERVAL_MS = 250;
+/** Deadlines at least this far off are left to the sweeper (at most 250 ms late, 12.5 % of the shortest). */
+export const COARSE_DEADLINE_MS = 2_000;
+
+/** Something that must be over by `deadline` (performance.now() ms). */
+export interface DeadlineWatch {
+  readonly deadline: number;
+  /** The deadline passed while still watched. */
+  deadlineExpired(): void;
+}
 
 /** Something whose socket must not stay silent for longer than `idleLimitMs` (a response body, say). */
 export interface IdleWatch {
@@ -39,6 +51,7 @@ function traffic(socket: Socket): number {
 
 export class IdleSweeper {
   private readonly watches = new Set<IdleWatch>();
+  private readonly deadlines = new Set<DeadlineWatch>();
   private readonly agents = new Map<Agent, number>();
   private readonly free = new WeakMap<Socket, FreeSocketState>();
   private timer: NodeJS.Timeout | undefined;
@@ -67,7 +80,17 @@ export class IdleSweeper {
 
   /** How many watches are registered (tests: finished bodies must not linger until the next tick). */
   get watching(): number {
-    return this.watches.size;
+    return this.watches.size + this.deadlines.size;
+  }
+
+  /** Calls `w.deadlineExpired()` once `w.deadline` has passed (checked every tick), unless unwatched before. */
+  watchDeadline(w: DeadlineWatch): void {
+    this.deadlines.add(w);
+    this.start();
+  }
+
+  unwatchDeadline(w: DeadlineWatch): void {
+    this.deadlines.delete(w);
   }
 
   /** Closes the agent's free sockets once they have been idle for `timeoutMs` (0: never). */
@@ -85,6 +108,12 @@ export class IdleSweeper {
   /** Runs one check now (the ticker calls this; tests may too). */
   sweep(): void {
     const now = this.now();
+    for (const d of this.deadlines) {
+      if (now >= d.deadline) {
+        this.deadlines.delete(d);
+        d.deadlineExpired();
+      }
+    }
     for (const w of this.watches) {
       if (w.idleFinished()) {
         this.watches.delete(w);
@@ -121,7 +150,7 @@ export class IdleSweeper {
   }
 
   private stopIfIdle(): void {
-    if (this.timer && this.watches.size === 0 && this.agents.size === 0) {
+    if (this.timer && this.watches.size === 0 && this.deadlines.size === 0 && this.agents.size === 0) {
       clearInterval(this.timer);
       this.timer = undefined;
     }

@@ -286,6 +286,21 @@ describe("failure modes", () => {
     assert.ok(took >= 280 && took < 1500, `took ${took} ms`);
   });
 
+  test("a long response timeout (watched by the sweeper, not a timer) gives its 504 within a tick of it", async () => {
+    let asked = 0;
+    const up = await upstream(() => {
+      asked++; // hold the request forever
+    });
+    const gate = await gateFor(up, {}, { timeouts: { response: "2s" } });
+    const started = performance.now();
+    const r = await request(`${gate.url}/slow`);
+    const took = performance.now() - started;
+    assert.equal(r.status, 504);
+    assert.equal(r.json<{ error: { code: string } }>().error.code, "upstream_timeout");
+    assert.equal(asked, 1);
+    assert.ok(took >= 1990 && took < 2600, `took ${took} ms (2 s, plus at most one 250 ms tick)`);
+  });
+
   test("an upstream that aborts mid-body aborts the client connection promptly", async () => {
     const up = await upstream((req, res) => {
       res.writeHead(200, { "content-type": "application/octet-stream", "content-length": "100000" });

@@ -2,7 +2,12 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { ProxyError } from "../../proxy/errors.js";
-import { type BreakerState, Breakers, type UpstreamBreaker } from "../../proxy/resilience/breakers.js";
+import {
+  type BreakerState,
+  Breakers,
+  breakerFailure,
+  type UpstreamBreaker,
+} from "../../proxy/resilience/breakers.js";
 import { configFrom } from "../helpers/cachegate.js";
 import { sleep } from "../helpers/http.js";
 
@@ -41,6 +46,30 @@ describe("circuit breakers", () => {
     const r = await b.run(status(502), isFailure);
     assert.equal(r.status, 502);
     assert.equal(b.stats().failures, 1);
+  });
+
+  test("fire/outcome (the forward stage's way): a result rejected as breakerFailure counts and is given back", async () => {
+    const { b } = breaker();
+    const settle = <T>(p: Promise<T>) =>
+      p.then(
+        (r) => r,
+        (err: unknown) => b.outcome<T>(err),
+      );
+    const fiveHundred = { status: 500 };
+    for (let i = 0; i < 4; i++) {
+      const r = await settle(b.fire(() => Promise.reject(breakerFailure(fiveHundred))));
+      assert.equal(r, fiveHundred, "the 5xx itself comes back");
+    }
+    assert.equal((await settle(b.fire(() => Promise.resolve({ status: 200 })))).status, 200);
+    assert.equal(b.stats().failures, 4);
+    assert.equal(b.stats().successes, 1);
+    await assert.rejects(settle(b.fire(rejectWith("upstream_reset"))), /upstream/);
+    assert.equal(b.state(), "open", "5 failures of 6 calls");
+    await assert.rejects(settle(b.fire(status(200))), (err: ProxyError) => {
+      assert.equal(err.code, "upstream_circuit_open");
+      assert.equal(err.status, 503);
+      return true;
+    });
   });
 
   test("opossum's rolling stats count every call once, whichever way it ended", async () => {

@@ -151,3 +151,24 @@ test("a leader that never releases frees its followers with 'failed' after lease
   if (next.role === "leader") next.release("stored");
   assert.equal(sf.inFlight(), 0);
 });
+
+test("a lost leader nobody follows: the next acquire after leaseMs leads, and a sweep drops it from the count", async () => {
+  // A leader costs no timer of its own: its lease's end is checked by the next acquire and by a once-a-second sweep.
+  const sf = localFlights([], 50);
+  const lost = await sf.acquire("a"); // never released
+  const alsoLost = await sf.acquire("b"); // never released, never asked for again
+  assert.ok(lost.role === "leader" && alsoLost.role === "leader");
+  assert.equal(sf.inFlight(), 2);
+  await new Promise((r) => setTimeout(r, 80));
+  const next = await sf.acquire("a");
+  assert.equal(next.role, "leader", "the lease ended: a new leader, not a follower of the lost one");
+  assert.equal(sf.inFlight(), 2, "a's lost leader settled; b's still counted until the sweep");
+  if (next.role === "leader") next.release("stored");
+  const end = Date.now() + 3_000;
+  while (sf.inFlight() > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(sf.inFlight(), 0, "the sweep settled b's lost leader");
+  const again = await sf.acquire("b");
+  assert.equal(again.role, "leader");
+  if (again.role === "leader") again.release("stored");
+  sf.close();
+});
