@@ -486,6 +486,48 @@ describe("large bodies", () => {
   });
 });
 
+describe("backpressure", () => {
+  test("a client that stops reading stops the upstream too (nothing piles up in the proxy), then gets every byte", async () => {
+    const SIZE = 96 * 1024 * 1024;
+    let produced = 0;
+    const up = await upstream((_req, res) => {
+      res.writeHead(200, { "content-type": "application/octet-stream", "content-length": SIZE });
+      const src = generated(SIZE);
+      src.on("data", (c: Buffer) => {
+        produced += c.length;
+      });
+      src.pipe(res);
+    });
+    const gate = await gateFor(up);
+    const { atPause, received } = await new Promise<{ atPause: number; received: number }>(
+      (resolve, reject) => {
+        http
+          .get(`${gate.url}/big`, { agent: false }, (res) => {
+            res.pause();
+            // Long enough for the upstream to produce all of it, were the proxy reading without pause.
+            setTimeout(() => {
+              const atPause = produced;
+              let n = 0;
+              res.on("data", (c: Buffer) => {
+                n += c.length;
+              });
+              res.on("end", () => resolve({ atPause, received: n }));
+              res.resume();
+            }, 800);
+            res.on("error", reject);
+          })
+          .on("error", reject);
+      },
+    );
+    assert.equal(received, SIZE);
+    // What socket buffers on two loopback hops can hold (a few MiB each), far below the whole body.
+    assert.ok(
+      atPause < SIZE / 2,
+      `the upstream had produced ${(atPause / 2 ** 20).toFixed(1)} MiB while the client paused`,
+    );
+  });
+});
+
 describe("websockets", () => {
   test("passes WebSocket upgrades through in both directions", async () => {
     const { WebSocketServer, WebSocket } = await import("ws");
