@@ -1,10 +1,11 @@
-// The idle sweeper on real loopback sockets with a hand-driven clock: silent sockets expire once, busy ones never.
+// The idle sweeper on real loopback sockets with a hand-driven clock: silent sockets expire once, busy ones never;
+// response deadlines expire once at their time.
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import http from "node:http";
 import net, { type AddressInfo, type Socket } from "node:net";
 import { test } from "node:test";
-import { IdleSweeper, type IdleWatch } from "../../proxy/upstream/idle-sweeper.js";
+import { type DeadlineWatch, IdleSweeper, type IdleWatch } from "../../proxy/upstream/idle-sweeper.js";
 
 /** A connected client/server socket pair on loopback; the server side echoes nothing, it only reads. */
 async function socketPair(): Promise<{ client: Socket; peer: Socket; close: () => void }> {
@@ -130,4 +131,30 @@ test("free pooled sockets idle past the timeout are closed; a socket reused in b
     agent.destroy();
     server.close();
   }
+});
+
+test("a deadline expires once, on the first sweep at or after it; an unwatched one never does", () => {
+  let now = 1_000;
+  const sweeper = new IdleSweeper(60_000, () => now);
+  const expired: string[] = [];
+  const watch = (name: string, deadline: number): DeadlineWatch => ({
+    deadline,
+    deadlineExpired: () => expired.push(name),
+  });
+  const a = watch("a", 1_500);
+  const b = watch("b", 1_500);
+  sweeper.watchDeadline(a);
+  sweeper.watchDeadline(b);
+  assert.equal(sweeper.watching, 2);
+  sweeper.unwatchDeadline(b); // settled before its deadline (the response came)
+  now = 1_499;
+  sweeper.sweep();
+  assert.deepEqual(expired, []);
+  now = 1_500;
+  sweeper.sweep();
+  assert.deepEqual(expired, ["a"]);
+  now = 5_000;
+  sweeper.sweep();
+  assert.deepEqual(expired, ["a"], "once only");
+  assert.equal(sweeper.watching, 0);
 });
