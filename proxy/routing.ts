@@ -33,8 +33,8 @@ export function createUpstream(config: UpstreamConfig): Upstream {
   // Every request copies the Agent's `options` into its own (Agent#addRequest spreads them into a null-prototype
   // object, a dictionary): keys only the Agent itself uses are dropped from there once the constructor has read them
   // into agent.keepAliveMsecs, .maxFreeSockets and .scheduling. With them each request's copy crossed a dictionary
-  // size step: +1.6 KB allocated per request (sampling heap profiler). test/unit/routing.test.ts checks the pool
-  // still honours them.
+  // size step: +1.6 KB allocated per request (sampling heap profiler). test/unit/upstream-agent.test.ts checks the
+  // pool still honours them.
   const perRequest = (agent as unknown as { options: Record<string, unknown> }).options;
   delete perRequest.keepAliveMsecs;
   delete perRequest.maxFreeSockets;

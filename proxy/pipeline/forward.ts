@@ -110,7 +110,7 @@ export function createForwardStage(
         if (!breaker) return onFailure(ctx, err, slot);
         let up: UpstreamResponse;
         try {
-          up = breaker.outcome(err);
+          up = breaker.outcome(err); // a 5xx: still the answer
         } catch (refused) {
           return onFailure(ctx, refused, slot);
         }

@@ -232,14 +232,11 @@ class Exchange implements IdleWatch, DeadlineWatch {
     this.onBodyClose?.();
   }
 
-  responseTimedOut(): void {
+  /** The response-header timeout passed (the sweeper's deadline or the short-timeout timer). */
+  deadlineExpired(): void {
     const err = coded("UPSTREAM_RESPONSE_TIMEOUT", "response timeout");
     if (this.proxyReq) this.proxyReq.destroy(err);
     else this.fail(toProxyError(err, this.upstream)); // still queued for a pooled socket
-  }
-
-  deadlineExpired(): void {
-    this.responseTimedOut();
   }
 
   connectTimedOut(): void {
@@ -259,7 +256,7 @@ class Exchange implements IdleWatch, DeadlineWatch {
 // Module functions rather than per-exchange closures: the timers get their exchange as an argument, the body's
 // "close" listener finds it on the body (`this` is the emitter).
 function onResponseTimeout(ex: Exchange): void {
-  ex.responseTimedOut();
+  ex.deadlineExpired();
 }
 
 function onConnectTimeout(ex: Exchange): void {
