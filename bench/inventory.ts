@@ -12,53 +12,12 @@
 // that goes upstream (the same shape as many clients asking different things). Loopback only; bounded by count and a
 // 60 s deadline per phase. Results: bench/results/inventory-<ISO date>.json.
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import http from "node:http";
 import os from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { loadDistinct } from "./load.js";
 import { type Child, ROOT, startChild, stopChildren } from "./processes.js";
 import { intEnv, VARIANTS } from "./settings.js";
-
-const PHASE_DEADLINE_MS = 60_000;
-
-/** `n` GETs over `connections` keep-alive connections, each with its own URL; rejects on any non-200. */
-async function load(port: number, n: number, connections: number, from: number): Promise<void> {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: connections });
-  let sent = 0;
-  let done = 0;
-  try {
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error(`load did not finish in ${PHASE_DEADLINE_MS} ms`)),
-        PHASE_DEADLINE_MS,
-      );
-      const next = () => {
-        if (sent >= n) return;
-        const i = from + sent++;
-        const req = http.get({ host: "127.0.0.1", port, path: `/x?i=${i}`, agent }, (res) => {
-          if (res.statusCode !== 200) {
-            clearTimeout(timer);
-            reject(new Error(`request ${i} got ${res.statusCode}`));
-          }
-          res.resume();
-          res.on("end", () => {
-            if (++done === n) {
-              clearTimeout(timer);
-              resolve();
-            } else next();
-          });
-        });
-        req.on("error", (err) => {
-          clearTimeout(timer);
-          reject(err);
-        });
-      };
-      for (let c = 0; c < Math.min(connections, n); c++) next();
-    });
-  } finally {
-    agent.destroy();
-  }
-}
 
 async function readCounts(file: string): Promise<Record<string, number>> {
   const end = Date.now() + 5_000;
@@ -71,10 +30,10 @@ async function readCounts(file: string): Promise<Record<string, number>> {
 
 async function inventory(child: Child, file: string, requests: number, connections: number) {
   rmSync(file, { force: true });
-  await load(child.port, Math.min(500, requests), connections, 0); // warm-up: pools filled, code optimized
+  await loadDistinct(child.port, Math.min(500, requests), connections, 0); // warm-up: pools filled, code optimized
   child.proc.kill("SIGUSR1");
   await sleep(100);
-  await load(child.port, requests, connections, 1_000_000);
+  await loadDistinct(child.port, requests, connections, 1_000_000);
   await sleep(200); // the last responses' close handlers
   child.proc.kill("SIGUSR2");
   const counts = await readCounts(file);

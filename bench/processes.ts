@@ -30,6 +30,10 @@ export interface StartOptions {
    * when the caller runs through tsx, which would otherwise run this checkout's sources in its place.
    */
   benchDir?: string;
+  /** A command the child runs under, e.g. `["valgrind", "--tool=callgrind"]` (then `node` and its arguments). */
+  prefix?: string[];
+  /** How long to wait for the ready line (default 30 s; a child under valgrind starts far slower). */
+  startupTimeoutMs?: number;
 }
 
 const children: ChildProcess[] = [];
@@ -48,15 +52,16 @@ export function startChild(
   nodeArgs: string[] = [],
   opts: StartOptions = {},
 ): Promise<Child> {
-  const { cpu, keepLines = false, benchDir } = opts;
+  const { cpu, keepLines = false, benchDir, prefix = [], startupTimeoutMs = STARTUP_TIMEOUT_MS } = opts;
   const args =
     COMPILED || benchDir
       ? [...nodeArgs, join(benchDir ?? BENCH_DIR, file.replace(/\.ts$/, ".js"))]
       : [...nodeArgs, "--import", "tsx", join(BENCH_DIR, file)];
+  const wrapped = [...(cpu === undefined ? [] : ["taskset", "-c", String(cpu)]), ...prefix];
   const [command, argv] =
-    cpu === undefined
+    wrapped.length === 0
       ? [process.execPath, args]
-      : ["taskset", ["-c", String(cpu), process.execPath, ...args]];
+      : [wrapped[0] as string, [...wrapped.slice(1), process.execPath, ...args]];
   const proc = spawn(command, argv, {
     cwd: ROOT,
     env: { ...process.env, ...env },
@@ -66,8 +71,8 @@ export function startChild(
   children.push(proc);
   return new Promise<Child>((resolvePromise, reject) => {
     const timer = setTimeout(() => {
-      reject(new Error(`${name} did not report its port within ${STARTUP_TIMEOUT_MS} ms`));
-    }, STARTUP_TIMEOUT_MS);
+      reject(new Error(`${name} did not report its port within ${startupTimeoutMs} ms`));
+    }, startupTimeoutMs);
     const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
       clearTimeout(timer);
       reject(new Error(`${name} exited before it was ready (code ${code}, signal ${signal})`));
