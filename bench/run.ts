@@ -14,7 +14,7 @@
 //   npm run bench                       defaults: 50 connections, 5 s warm-up, 12 rounds of 2 s slices
 //   BENCH_DURATION=5 npm run bench      seconds per slice
 //   BENCH_CONNECTIONS, BENCH_ROUNDS, BENCH_WARMUP (seconds, 0 = none)
-//   BENCH_TARGETS=http-proxy-3,cachegate   a subset (comma-separated)
+//   BENCH_TARGETS=http-proxy-3,cachegate   a subset (comma-separated); cachegate-forward only when named here
 //   BENCH_CPU_PROF=dir                  run the proxy children with `node --cpu-prof`, profiles in dir/<target>/
 //
 // Reported per target: req/s, median p50/p99 latency of its slices, errors/non-2xx, and (Linux) the CPU µs per
@@ -28,25 +28,35 @@ import { dirname, join, resolve } from "node:path";
 import autocannon from "autocannon";
 import { BODY_BYTES } from "./body.js";
 import { cpuSeconds, ROOT, startChild, stopChildren } from "./processes.js";
-import { intEnv } from "./settings.js";
+import { intEnv, VARIANTS } from "./settings.js";
 
 /** The issue's bar: cachegate pass-through at >= 0.8x the requests/s of bare http-proxy-3. */
 const TARGET_RATIO = 0.8;
 
-type TargetName = "direct" | "http-proxy-3" | "cachegate" | "cachegate-nocache" | "cachegate-hits";
+type TargetName =
+  | "direct"
+  | "http-proxy-3"
+  | "cachegate"
+  | "cachegate-nocache"
+  | "cachegate-hits"
+  | "cachegate-forward";
 // cachegate-hits: the same cachegate with the route's cache forced on (override, 60 s): after the warm-up's first
 // request every request is a memory-tier hit. 'direct' (a node:http server answering a prebuilt body) is the ceiling.
 // cachegate-nocache: the route's cache off, so nothing is looked up, coalesced or stored: the plain forwarding path.
 // On one URL, "cachegate" coalesces concurrent misses into waves (they wait for the leader's headers, learn that
 // the response is uncacheable, and go together), a load shape that is cheaper per request than 50 independent
 // requests; this target shows the pass-through cost without that effect (as with many distinct URLs).
+// cachegate-forward (only when named in BENCH_TARGETS): issue 2's own scope, forwarding with access lines and metrics
+// but without the cache, circuit breaker and concurrency limiter that later issues added.
 const ALL_TARGETS: readonly TargetName[] = [
   "direct",
   "http-proxy-3",
   "cachegate",
   "cachegate-nocache",
   "cachegate-hits",
+  "cachegate-forward",
 ];
+const DEFAULT_TARGETS = ALL_TARGETS.filter((t) => t !== "cachegate-forward");
 
 interface Settings {
   durationS: number;
@@ -59,7 +69,7 @@ interface Settings {
 
 function readSettings(): Settings {
   const rawTargets = process.env.BENCH_TARGETS;
-  let targets = [...ALL_TARGETS];
+  let targets: TargetName[] = [...DEFAULT_TARGETS];
   if (rawTargets) {
     const wanted = rawTargets.split(",").map((s) => s.trim());
     for (const t of wanted) {
@@ -100,7 +110,11 @@ function sanityCheck(target: string, url: string): Promise<void> {
         // The variant really is what it claims: cache off answers BYPASS, the default route a MISS.
         const xCache = res.headers["x-cache"];
         const wantCache =
-          target === "cachegate-nocache" ? "BYPASS" : target === "cachegate" ? "MISS" : undefined;
+          target === "cachegate-nocache" || target === "cachegate-forward"
+            ? "BYPASS"
+            : target === "cachegate"
+              ? "MISS"
+              : undefined;
         if (res.statusCode !== 200 || bytes !== BODY_BYTES) {
           reject(new Error(`${target}: sanity check got ${res.statusCode} with ${bytes} bytes`));
         } else if (wantCache !== undefined && xCache !== wantCache) {
@@ -290,22 +304,8 @@ async function main(): Promise<number> {
   const started = await Promise.all(
     proxies.map((t) =>
       t === "http-proxy-3"
-        ? startChild(t, "bare-proxy.ts", env, profArgs("http-proxy-3"))
-        : t === "cachegate-hits"
-          ? startChild(
-              t,
-              "cachegate-server.ts",
-              { ...env, BENCH_CACHE_HITS: "1" },
-              profArgs("cachegate-hits"),
-            )
-          : t === "cachegate-nocache"
-            ? startChild(
-                t,
-                "cachegate-server.ts",
-                { ...env, BENCH_CACHE_OFF: "1" },
-                profArgs("cachegate-nocache"),
-              )
-            : startChild(t, "cachegate-server.ts", env, profArgs("cachegate")),
+        ? startChild(t, "bare-proxy.ts", env, profArgs(t))
+        : startChild(t, "cachegate-server.ts", { ...env, ...(VARIANTS[t] ?? {}) }, profArgs(t)),
     ),
   );
   const urls = new Map<TargetName, string>([["direct", upstream.url]]);
@@ -387,8 +387,10 @@ async function main(): Promise<number> {
   const direct = by.get("direct");
   const hits = by.get("cachegate-hits");
   const nocache = by.get("cachegate-nocache");
+  const forward = by.get("cachegate-forward");
   const ratios = {
     cachegateNocacheVsHttpProxy3: nocache && bare ? nocache.rps / bare.rps : undefined,
+    cachegateForwardVsHttpProxy3: forward && bare ? forward.rps / bare.rps : undefined,
     cachegateHitsVsDirect: hits && direct ? hits.rps / direct.rps : undefined,
     cachegateVsHttpProxy3: gate && bare ? gate.rps / bare.rps : undefined,
     cachegateVsDirect: gate && direct ? gate.rps / direct.rps : undefined,
@@ -402,6 +404,10 @@ async function main(): Promise<number> {
   if (ratios.cachegateNocacheVsHttpProxy3 !== undefined)
     console.log(
       `cachegate (cache off) / http-proxy-3 req/s: ${ratios.cachegateNocacheVsHttpProxy3.toFixed(2)}x`,
+    );
+  if (ratios.cachegateForwardVsHttpProxy3 !== undefined)
+    console.log(
+      `cachegate-forward (issue 2's scope) / http-proxy-3 req/s: ${ratios.cachegateForwardVsHttpProxy3.toFixed(2)}x`,
     );
   if (ratios.cachegateVsDirect !== undefined)
     console.log(`cachegate / direct req/s:       ${ratios.cachegateVsDirect.toFixed(2)}x`);
@@ -422,10 +428,12 @@ async function main(): Promise<number> {
   const perRound = {
     cachegate: roundRatios(runs, "cachegate", rounds),
     cachegateNocache: roundRatios(runs, "cachegate-nocache", rounds),
+    cachegateForward: roundRatios(runs, "cachegate-forward", rounds),
   };
   for (const [label, list] of [
     ["cachegate", perRound.cachegate],
     ["cachegate (cache off)", perRound.cachegateNocache],
+    ["cachegate-forward", perRound.cachegateForward],
   ] as const) {
     if (list.length > 0) {
       console.log(
