@@ -21,7 +21,7 @@
 // dumps stay in the printed directory: `callgrind_annotate <file>`), and `npm run bench` for what the machine does.
 // Needs valgrind (`apt-get install -y valgrind`); loopback only; every phase is bounded in count and time.
 import { execFile, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -29,6 +29,7 @@ import { promisify } from "node:util";
 import { loadDistinct } from "./load.js";
 import { type Child, ROOT, type StartOptions, startChild, stopChild, stopChildren } from "./processes.js";
 import { intEnv, VARIANTS } from "./settings.js";
+import { table } from "./table.js";
 
 const run = promisify(execFile);
 /** Under valgrind a phase is far slower than native: bounds for startup, each load phase and a dump. */
@@ -96,10 +97,11 @@ function parseCallgrindTotals(text: string): Record<string, number> {
 /** The first dump (`<base>.<pid>.1`) once callgrind has written it completely. */
 async function readDump(dir: string, base: string, pid: number): Promise<string> {
   const name = `${base}.${pid}.1`;
+  const file = join(dir, name);
   const deadline = Date.now() + DUMP_MS;
   while (Date.now() < deadline) {
-    if (readdirSync(dir).includes(name)) {
-      const text = readFileSync(join(dir, name), "utf8");
+    if (existsSync(file)) {
+      const text = readFileSync(file, "utf8");
       if (/^totals:/m.test(text)) return text;
     }
     await sleep(200);
@@ -161,42 +163,44 @@ async function measure(
 async function main(): Promise<void> {
   const s = readSettings();
   requireValgrind();
+  // Checked before anything is measured: a wrong baseline directory must not cost minutes of valgrind first.
+  const baselineDir = s.baselineDir ? resolve(s.baselineDir, "bench") : undefined;
+  if (baselineDir && !existsSync(join(baselineDir, "cachegate-server.js"))) {
+    throw new Error(`INSTR_BASELINE_DIR: no compiled bench in ${baselineDir} (see README, Performance)`);
+  }
   const dir = join(os.tmpdir(), `cachegate-instructions-${new Date().toISOString().replace(/[:.]/g, "-")}`);
   mkdirSync(dir, { recursive: true });
-  const names = [...s.targets, ...(s.baselineDir ? ["baseline"] : [])];
-  console.log(
-    `bench:instructions: ${names.join(", ")}; ${s.warmup} warm-up requests uninstrumented, then ${s.requests} ` +
-      `counted, ${s.connections} connections, distinct URLs${s.cacheSim ? ", cache simulation" : ""}`,
-  );
-  console.log(`node ${process.version}, ${os.cpus().length} CPUs; callgrind dumps in ${dir}`);
 
   const upstream = await startChild("upstream", "upstream.ts", {});
   const env = { BENCH_UPSTREAM_URL: upstream.url };
-  const results: Measured[] = [];
-  for (const t of s.targets) {
-    const started = Date.now();
-    const m =
+  const jobs: Array<{ name: string; file: string; env: Record<string, string>; opts: StartOptions }> = [
+    ...s.targets.map((t) =>
       t === "http-proxy-3"
-        ? await measure(t, "bare-proxy.ts", env, {}, s, dir)
-        : await measure(t, "cachegate-server.ts", { ...env, ...(VARIANTS[t] ?? {}) }, {}, s, dir);
+        ? { name: t, file: "bare-proxy.ts", env, opts: {} }
+        : { name: t, file: "cachegate-server.ts", env: { ...env, ...(VARIANTS[t] ?? {}) }, opts: {} },
+    ),
+    ...(baselineDir
+      ? [{ name: "baseline", file: "cachegate-server.ts", env, opts: { benchDir: baselineDir } }]
+      : []),
+  ];
+  console.log(
+    `bench:instructions: ${jobs.map((j) => j.name).join(", ")}; ${s.warmup} warm-up requests uninstrumented, ` +
+      `then ${s.requests} counted, ${s.connections} connections, distinct URLs${s.cacheSim ? ", cache simulation" : ""}`,
+  );
+  console.log(`node ${process.version}, ${os.cpus().length} CPUs; callgrind dumps in ${dir}`);
+
+  const results: Measured[] = [];
+  for (const j of jobs) {
+    const started = Date.now();
+    const m = await measure(j.name, j.file, j.env, j.opts, s, dir);
     results.push(m);
     console.log(
-      `${t.padEnd(20)} ${Math.round(m.perRequest.Ir ?? 0)} instructions/request (${Math.round((Date.now() - started) / 1000)} s)`,
+      `${j.name.padEnd(20)} ${Math.round(m.perRequest.Ir ?? 0)} instructions/request (${Math.round((Date.now() - started) / 1000)} s)`,
     );
-  }
-  if (s.baselineDir) {
-    const benchDir = resolve(s.baselineDir, "bench");
-    if (!existsSync(join(benchDir, "cachegate-server.js"))) {
-      throw new Error(`INSTR_BASELINE_DIR: no compiled bench in ${benchDir} (see README, Performance)`);
-    }
-    const m = await measure("baseline", "cachegate-server.ts", env, { benchDir }, s, dir);
-    results.push(m);
-    console.log(`${"baseline".padEnd(20)} ${Math.round(m.perRequest.Ir ?? 0)} instructions/request`);
   }
 
   const bare = results[0]?.perRequest.Ir ?? Number.NaN;
   const missCols = s.cacheSim ? ["D1mr+D1mw", "DLmr+DLmw"] : [];
-  const header = ["target", "Ir/request", "vs http-proxy-3", ...missCols];
   const rows = results.map((m) => {
     const p = m.perRequest;
     const misses = s.cacheSim
@@ -204,13 +208,7 @@ async function main(): Promise<void> {
       : [];
     return [m.target, (p.Ir ?? 0).toFixed(0), `${((p.Ir ?? 0) / bare).toFixed(3)}x`, ...misses];
   });
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  console.log(
-    `\n${header.map((h, i) => (i === 0 ? h.padEnd(widths[i]!) : h.padStart(widths[i]!))).join("  ")}`,
-  );
-  for (const r of rows) {
-    console.log(r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  "));
-  }
+  console.log(`\n${table([["target", "Ir/request", "vs http-proxy-3", ...missCols], ...rows])}`);
 
   const date = new Date().toISOString();
   const file = join(ROOT, "bench", "results", `instructions-${date.replace(/:/g, "-")}.json`);

@@ -29,17 +29,11 @@ import autocannon from "autocannon";
 import { BODY_BYTES } from "./body.js";
 import { cpuSeconds, ROOT, startChild, stopChildren } from "./processes.js";
 import { intEnv, VARIANTS } from "./settings.js";
+import { table } from "./table.js";
 
 /** The issue's bar: cachegate pass-through at >= 0.8x the requests/s of bare http-proxy-3. */
 const TARGET_RATIO = 0.8;
 
-type TargetName =
-  | "direct"
-  | "http-proxy-3"
-  | "cachegate"
-  | "cachegate-nocache"
-  | "cachegate-hits"
-  | "cachegate-forward";
 // cachegate-hits: the same cachegate with the route's cache forced on (override, 60 s): after the warm-up's first
 // request every request is a memory-tier hit. 'direct' (a node:http server answering a prebuilt body) is the ceiling.
 // cachegate-nocache: the route's cache off, so nothing is looked up, coalesced or stored: the plain forwarding path.
@@ -48,14 +42,15 @@ type TargetName =
 // requests; this target shows the pass-through cost without that effect (as with many distinct URLs).
 // cachegate-forward (only when named in BENCH_TARGETS): issue 2's own scope, forwarding with access lines and metrics
 // but without the cache, circuit breaker and concurrency limiter that later issues added.
-const ALL_TARGETS: readonly TargetName[] = [
+const ALL_TARGETS = [
   "direct",
   "http-proxy-3",
   "cachegate",
   "cachegate-nocache",
   "cachegate-hits",
   "cachegate-forward",
-];
+] as const;
+type TargetName = (typeof ALL_TARGETS)[number];
 const DEFAULT_TARGETS = ALL_TARGETS.filter((t) => t !== "cachegate-forward");
 
 interface Settings {
@@ -109,12 +104,11 @@ function sanityCheck(target: string, url: string): Promise<void> {
       res.on("end", () => {
         // The variant really is what it claims: cache off answers BYPASS, the default route a MISS.
         const xCache = res.headers["x-cache"];
-        const wantCache =
-          target === "cachegate-nocache" || target === "cachegate-forward"
-            ? "BYPASS"
-            : target === "cachegate"
-              ? "MISS"
-              : undefined;
+        const wantCache = VARIANTS[target]?.BENCH_CACHE_OFF
+          ? "BYPASS"
+          : target === "cachegate"
+            ? "MISS"
+            : undefined;
         if (res.statusCode !== 200 || bytes !== BODY_BYTES) {
           reject(new Error(`${target}: sanity check got ${res.statusCode} with ${bytes} bytes`));
         } else if (wantCache !== undefined && xCache !== wantCache) {
@@ -242,22 +236,12 @@ function summarize(target: TargetName, runs: RunResult[]): Summary {
     cpuUsPerReq: mine.some((r) => r.cpuUsPerReq === undefined)
       ? undefined
       : sum(mine.map((r) => r.cpuUsPerReq! * r.requests)) / sum(mine.map((r) => r.requests)),
-    errors: mine.reduce((n, r) => n + r.errors, 0),
-    non2xx: mine.reduce((n, r) => n + r.non2xx, 0),
+    errors: sum(mine.map((r) => r.errors)),
+    non2xx: sum(mine.map((r) => r.non2xx)),
   };
 }
 
 // ---------------------------------------------------------------------------------------------- reporting
-
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows
-    .map((r, ri) => {
-      const line = r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
-      return ri === 0 ? `${line}\n${widths.map((w) => "-".repeat(w)).join("  ")}` : line;
-    })
-    .join("\n");
-}
 
 const fmt = (n: number | undefined, digits = 0) =>
   n !== undefined && Number.isFinite(n) ? n.toFixed(digits) : "n/a";
