@@ -80,6 +80,7 @@ export function createCacheService(
     keyPrefix,
     instanceId,
     leaseMs: config.cache.coalesceTimeout,
+    passMs: config.cache.hitForMiss,
     onError: redisError,
   });
   const invalidator = new Invalidator({ memory, redis: redisTier, bus, instanceId, onError: redisError });

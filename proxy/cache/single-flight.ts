@@ -33,6 +33,19 @@ export interface SingleFlightOptions {
   onError(op: string, err: unknown): void;
   /** Upper bound on the lease SET, whatever the client's own timeouts: a slow Redis must not delay requests. */
   acquireTimeoutMs?: number;
+  /**
+   * Hit-for-miss: after a flight acquired with `remember` ends "uncacheable", `pass(key)` answers for this long, so
+   * the next misses of that key go upstream in parallel instead of each waiting for a leader first. 0: off.
+   */
+  passMs?: number;
+}
+
+/**
+ * A key whose last response was uncacheable (hit-for-miss). A miss carrying it goes upstream without coalescing;
+ * its `release` keeps the mark true: "stored" ends it, "uncacheable" extends it, "failed" leaves it as it is.
+ */
+export interface Pass extends Leader {
+  until: number;
 }
 
 const FLIGHT_CHANNEL = "flight";
@@ -47,6 +60,8 @@ const MESSAGE_GRACE_MS = 20;
 // How often local leaders past their lease are looked for. Only leaders nobody waits on are left to this sweep (a
 // follower arms an exact timer for the lease's end): it keeps the map from holding a lost leader forever.
 const REAP_INTERVAL_MS = 1_000;
+// Keys remembered as uncacheable at most; past it the oldest marks are forgotten (those keys coalesce again).
+const MAX_PASSES = 10_000;
 
 // Deletes the lease only while it is still ours (after it expired another instance may hold the key), then
 // announces the outcome. One script, so the two are atomic: any poll that sees the lease gone runs after the
@@ -75,6 +90,8 @@ interface Flight {
   timer: NodeJS.Timeout | undefined;
   /** Leader: when the local lease ends (Date.now() ms); the flight settles "failed" then at the latest. */
   deadline: number;
+  /** An "uncacheable" outcome marks the key for `pass` (the request path's flights, not background refreshes). */
+  readonly remember: boolean;
 }
 
 interface FlightMessage {
@@ -91,6 +108,8 @@ function isFlightMessage(msg: unknown): msg is FlightMessage {
 
 export class SingleFlight {
   private readonly flights = new Map<string, Flight>();
+  private readonly passes = new Map<string, Pass>();
+  private readonly passMs: number;
   private led = 0;
   private nonce = 0;
   private closed = false;
@@ -99,6 +118,7 @@ export class SingleFlight {
 
   constructor(private readonly opts: SingleFlightOptions) {
     this.acquireTimeoutMs = opts.acquireTimeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS;
+    this.passMs = opts.passMs ?? 0;
     opts.bus?.subscribe(FLIGHT_CHANNEL, this.onRemoteRelease);
   }
 
@@ -107,11 +127,34 @@ export class SingleFlight {
     return this.led;
   }
 
+  /** Keys currently remembered as uncacheable (for metrics; expired marks count until they are next looked at). */
+  passing(): number {
+    return this.passes.size;
+  }
+
   /**
-   * `leaseMs` overrides the configured lease for this key (a long LLM stream needs a longer one). Without Redis the
-   * answer is synchronous (no promise on the miss path); with Redis the lease SET makes it a promise.
+   * The key's hit-for-miss mark while its last response (within `passMs`) was uncacheable: the caller goes upstream
+   * without acquiring, and releases the mark with its own outcome. Undefined otherwise.
    */
-  acquire(key: string, leaseMs: number = this.opts.leaseMs): Leader | Follower | Promise<Leader | Follower> {
+  pass(key: string): Pass | undefined {
+    if (this.passes.size === 0) return undefined;
+    const mark = this.passes.get(key);
+    if (mark === undefined) return undefined;
+    if (mark.until > Date.now()) return mark;
+    this.passes.delete(key);
+    return undefined;
+  }
+
+  /**
+   * `leaseMs` overrides the configured lease for this key (a long LLM stream needs a longer one). `remember`: an
+   * "uncacheable" outcome marks the key for `pass`. Without Redis the answer is synchronous (no promise on the miss
+   * path); with Redis the lease SET makes it a promise.
+   */
+  acquire(
+    key: string,
+    leaseMs: number = this.opts.leaseMs,
+    remember = false,
+  ): Leader | Follower | Promise<Leader | Follower> {
     const existing = this.flights.get(key);
     if (existing) {
       if (existing.role !== "leader" || existing.deadline > Date.now()) return this.follower(existing);
@@ -128,6 +171,7 @@ export class SingleFlight {
       early: undefined,
       timer: undefined,
       deadline: Number.POSITIVE_INFINITY,
+      remember,
     };
     this.flights.set(key, flight);
     const redis = this.opts.redis;
@@ -269,8 +313,39 @@ export class SingleFlight {
     clearTimeout(flight.timer);
     flight.timer = undefined;
     if (this.flights.get(flight.key) === flight) this.flights.delete(flight.key);
+    if (flight.remember) this.mark(flight.key, outcome);
     for (const waiter of flight.waiters) waiter(outcome);
     flight.waiters.clear();
+  }
+
+  /** Hit-for-miss bookkeeping of an outcome for `key`: "uncacheable" marks it, "stored" forgets it. */
+  private mark(key: string, outcome: FlightOutcome): void {
+    if (outcome === "stored") {
+      this.passes.delete(key);
+      return;
+    }
+    if (outcome !== "uncacheable" || !(this.passMs > 0)) return;
+    const now = Date.now();
+    const known = this.passes.get(key);
+    if (known !== undefined) {
+      known.until = now + this.passMs;
+      return;
+    }
+    if (this.passes.size >= MAX_PASSES) {
+      const oldest = this.passes.keys().next();
+      if (!oldest.done) this.passes.delete(oldest.value);
+    }
+    const passes = this.passes;
+    const passMs = this.passMs;
+    const mark: Pass = {
+      role: "leader",
+      until: now + passMs,
+      release(result) {
+        if (result === "uncacheable") mark.until = Date.now() + passMs;
+        else if (result === "stored" && passes.get(key) === mark) passes.delete(key);
+      },
+    };
+    passes.set(key, mark);
   }
 
   /** Compare-and-delete of the lease, plus the completion message when `outcome` is given and there is a bus. */

@@ -24,7 +24,7 @@ export interface Metrics {
 /** What the metrics read on scrape (gauges), instead of being told on every change. */
 export interface CacheStatsSource {
   memory: { stats(): { entries: number; bytes: number; evictions: number; rejectedTooLarge: number } };
-  flights: { inFlight(): number };
+  flights: { inFlight(): number; passing(): number };
 }
 
 /**
@@ -152,6 +152,14 @@ export function createMetrics(
       registers: [registry],
       collect() {
         this.set(cache.flights.inFlight());
+      },
+    });
+    new Gauge({
+      name: "cachegate_uncacheable_keys",
+      help: "Keys whose last response was uncacheable: their misses go upstream without coalescing (hit-for-miss).",
+      registers: [registry],
+      collect() {
+        this.set(cache.flights.passing());
       },
     });
   }

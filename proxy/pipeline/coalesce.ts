@@ -1,6 +1,8 @@
 // Stage 5, coalesce: the first miss for a key leads and goes upstream; concurrent misses for the same key (in this
 // process, and through a Redis lease in other processes) wait for the leader's outcome, then read the cache.
-// A follower whose wait times out, or whose leader could not store, goes upstream itself.
+// A follower whose wait times out, or whose leader could not store, goes upstream itself. Hit-for-miss: once a
+// key's response turned out uncacheable, its next misses (for `cache.hitForMiss`) skip the wait and go upstream in
+// parallel; a cacheable response ends that at once.
 
 import { evaluateFreshness, parseCacheControl } from "../cache/policy.js";
 import type { Follower, Leader, SingleFlight } from "../cache/single-flight.js";
@@ -17,8 +19,13 @@ export function createCoalesceStage(cache: TieredCache, flights: SingleFlight, w
       const c = ctx.cache;
       // Only what could be stored is worth waiting for: anything else would be fetched by each follower anyway.
       if (!c || !c.storable) return CONTINUE;
+      const pass = flights.pass(c.key);
+      if (pass !== undefined) {
+        c.flight = pass;
+        return CONTINUE;
+      }
       const wait = c.coalesceTimeoutMs ?? waitMs;
-      const flight = flights.acquire(c.key, wait);
+      const flight = flights.acquire(c.key, wait, true);
       // The common case (a miss in a process without Redis, or a leader) stays synchronous.
       if (flight instanceof Promise) return flight.then((f) => decide(ctx, c, f, wait));
       return decide(ctx, c, flight, wait);
@@ -47,7 +54,11 @@ export function createCoalesceStage(cache: TieredCache, flights: SingleFlight, w
   // Promise chains rather than async functions: in a burst on one key nearly every request follows.
   function follow(ctx: RequestContext, c: CacheState, flight: Follower, wait: number): Promise<Verdict> {
     return flight.wait(wait).then((outcome) => {
-      if (outcome !== "stored") return CONTINUE;
+      if (outcome !== "stored") {
+        // Its fetch may tell whether the key has become cacheable: that ends (or extends) the mark.
+        if (outcome === "uncacheable") c.flight = flights.pass(c.key);
+        return CONTINUE;
+      }
       const result = cache.lookup(c.primaryKey, ctx.req.headers);
       return result instanceof Promise ? result.then((r) => served(ctx, c, r)) : served(ctx, c, result);
     });

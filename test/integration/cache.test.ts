@@ -351,6 +351,74 @@ describe("stampede protection", () => {
   });
 });
 
+describe("hit-for-miss", () => {
+  // An upstream taking 150 ms per request that counts how many it serves at once, per burst.
+  async function slowUpstream(extra: Record<string, unknown>) {
+    const state = { cacheable: false, inFlight: 0, peak: 0 };
+    const { up, gate } = await setup(
+      (_q, res, n) => {
+        state.inFlight++;
+        state.peak = Math.max(state.peak, state.inFlight);
+        setTimeout(() => {
+          state.inFlight--;
+          json(res, { n }, state.cacheable ? { "cache-control": "max-age=1" } : {});
+        }, 150);
+      },
+      {},
+      extra,
+    );
+    const burst = async (size = 10) => {
+      state.peak = 0;
+      const before = up.hits();
+      const rs = await Promise.all(
+        Array.from({ length: size }, () => request(`${gate.url}/hfm`, { timeoutMs: 5000 })),
+      );
+      assert.ok(rs.every((r) => r.status === 200));
+      return { upstream: up.hits() - before, peak: state.peak, rs };
+    };
+    return { state, gate, burst };
+  }
+
+  test("once a key proves uncacheable its misses go upstream in parallel; a cacheable response restores coalescing", async () => {
+    const { state, gate, burst } = await slowUpstream({});
+    const first = await burst();
+    // Nothing known yet: one leads, nine wait for its headers, see they cannot be stored and go together.
+    assert.deepEqual([first.upstream, first.peak], [10, 9]);
+    let metrics = (await request(`${gate.adminUrl}/metrics`)).text;
+    assert.match(metrics, /^cachegate_uncacheable_keys 1$/m);
+    assert.ok(
+      first.rs.every((r) => r.headers["x-cache"] === "MISS"),
+      "no follower was answered from cache",
+    );
+
+    const second = await burst();
+    assert.deepEqual([second.upstream, second.peak], [10, 10], "all ten at once, none waiting for another");
+
+    state.cacheable = true;
+    const third = await burst(); // still marked: in parallel; the first stored response ends the mark
+    assert.deepEqual([third.upstream, third.peak], [10, 10]);
+    metrics = (await request(`${gate.adminUrl}/metrics`)).text;
+    assert.match(metrics, /^cachegate_uncacheable_keys 0$/m);
+    const hit = await request(`${gate.url}/hfm`);
+    assert.equal(hit.headers["x-cache"], "HIT");
+
+    await sleep(1_300); // max-age=1 with ±10% jitter: expired
+    const fourth = await burst();
+    assert.equal(fourth.upstream, 1, "coalesced again: one upstream request for ten misses");
+    assert.equal(fourth.rs.filter((r) => r.headers["x-cache"] === "MISS").length, 1);
+  });
+
+  test("cache.hitForMiss: 0 keeps coalescing every burst on an uncacheable key", async () => {
+    const { gate, burst } = await slowUpstream({ cache: { hitForMiss: 0 } });
+    for (let i = 0; i < 2; i++) {
+      const b = await burst();
+      assert.deepEqual([b.upstream, b.peak], [10, 9], `burst ${i + 1}: a leader, then nine together`);
+    }
+    const metrics = (await request(`${gate.adminUrl}/metrics`)).text;
+    assert.match(metrics, /^cachegate_uncacheable_keys 0$/m);
+  });
+});
+
 describe("purge", () => {
   test("purges by tag, URL and prefix through the admin API, with the token", async () => {
     const { up, gate } = await setup((req, res, n) =>

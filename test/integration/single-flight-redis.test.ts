@@ -45,6 +45,7 @@ interface Instance {
 /** Two "processes" on one Redis, subscribed (confirmed by PUBSUB NUMSUB) before the test starts. */
 async function twoInstances(
   leaseMs: number,
+  passMs = 0,
 ): Promise<{ a: Instance; b: Instance; keyPrefix: string; close(): Promise<void> }> {
   const keyPrefix = `sf${++prefixSeq}:`;
   const make = async (id: string): Promise<Instance> => {
@@ -60,6 +61,7 @@ async function twoInstances(
       leaseMs,
       onError,
       acquireTimeoutMs: PATIENT.acquireTimeoutMs,
+      passMs,
     });
     return { id, flights, bus, client: c, errors };
   };
@@ -275,5 +277,23 @@ test("with redis-server killed, acquire still returns a leader quickly and repor
     sf.close();
     c.disconnect();
     await server.restart();
+  }
+});
+
+test("an uncacheable outcome marks the key for hit-for-miss on the leader's instance and on its remote followers'", async () => {
+  const { a, b, close } = await twoInstances(5_000, 60_000);
+  try {
+    const key = "GET /uncacheable";
+    const leader = await a.flights.acquire(key, 5_000, true);
+    const remote = await b.flights.acquire(key, 5_000, true);
+    assert.ok(leader.role === "leader" && remote.role === "follower");
+    const waited = remote.wait(2_000);
+    leader.release("uncacheable");
+    assert.equal(await waited, "uncacheable", "told by the message, not by a lease poll");
+    assert.ok(a.flights.pass(key), "marked where it was fetched");
+    assert.ok(b.flights.pass(key), "marked where it was followed");
+    assert.deepEqual([...a.errors, ...b.errors], []);
+  } finally {
+    await close();
   }
 });

@@ -1,7 +1,7 @@
 // In-process coalescing (no Redis): one leader per key, every follower woken by the leader's release.
 import assert from "node:assert/strict";
 import { performance } from "node:perf_hooks";
-import { test } from "node:test";
+import { describe, test } from "node:test";
 import { type Follower, type Leader, SingleFlight } from "../../proxy/cache/single-flight.js";
 
 function localFlights(errors: string[] = [], leaseMs = 5_000): SingleFlight {
@@ -171,4 +171,73 @@ test("a lost leader nobody follows: the next acquire after leaseMs leads, and a 
   assert.equal(again.role, "leader");
   if (again.role === "leader") again.release("stored");
   sf.close();
+});
+
+describe("hit-for-miss", () => {
+  const passFlights = (passMs: number) =>
+    new SingleFlight({ keyPrefix: "test:", instanceId: "local", leaseMs: 5_000, passMs, onError: () => {} });
+
+  test("an uncacheable outcome marks the key; a stored one clears it; refresh flights never mark", async () => {
+    const sf = passFlights(60_000);
+    const leader = await sf.acquire("k", 5_000, true);
+    const follower = await sf.acquire("k", 5_000, true);
+    assert.ok(leader.role === "leader" && follower.role === "follower");
+    assert.equal(sf.pass("k"), undefined, "no mark while the first fetch is in flight");
+    leader.release("uncacheable");
+    assert.equal(await follower.wait(1_000), "uncacheable");
+    const mark = sf.pass("k");
+    assert.ok(mark, "the key is marked");
+    assert.equal(sf.pass("k"), mark, "one mark per key, not one per request");
+    assert.equal(sf.passing(), 1);
+    mark.release("failed");
+    assert.equal(sf.pass("k"), mark, "a failed fetch says nothing about cacheability");
+    mark.release("stored");
+    assert.equal(sf.pass("k"), undefined, "a stored response ends the mark");
+    assert.equal(sf.passing(), 0);
+
+    const refresh = await sf.acquire("refresh:k"); // remember defaults to false
+    assert.equal(refresh.role, "leader");
+    if (refresh.role === "leader") refresh.release("uncacheable");
+    assert.equal(sf.pass("refresh:k"), undefined);
+    const stored = await sf.acquire("s", 5_000, true);
+    if (stored.role === "leader") stored.release("stored");
+    assert.equal(sf.pass("s"), undefined);
+    assert.equal(sf.passing(), 0);
+    sf.close();
+  });
+
+  test("a mark lasts passMs, an uncacheable release extends it, and passMs 0 turns marking off", async () => {
+    const sf = passFlights(150);
+    const leader = await sf.acquire("k", 5_000, true);
+    if (leader.role === "leader") leader.release("uncacheable");
+    const mark = sf.pass("k");
+    assert.ok(mark);
+    await new Promise((r) => setTimeout(r, 100));
+    mark.release("uncacheable"); // a bypassing request saw another uncacheable response: 150 ms from now
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(sf.pass("k"), mark, "extended: still marked 200 ms after it was made");
+    await new Promise((r) => setTimeout(r, 120));
+    assert.equal(sf.pass("k"), undefined, "expired");
+    assert.equal(sf.passing(), 0, "an expired mark is dropped when looked at");
+
+    const off = passFlights(0);
+    const l = await off.acquire("k", 5_000, true);
+    if (l.role === "leader") l.release("uncacheable");
+    assert.equal(off.pass("k"), undefined);
+    assert.equal(off.passing(), 0);
+    sf.close();
+    off.close();
+  });
+
+  test("marks are bounded: past 10000 keys the oldest is forgotten", async () => {
+    const sf = passFlights(60_000);
+    for (let i = 0; i <= 10_000; i++) {
+      const l = await sf.acquire(`k${i}`, 5_000, true);
+      if (l.role === "leader") l.release("uncacheable");
+    }
+    assert.equal(sf.passing(), 10_000);
+    assert.equal(sf.pass("k0"), undefined, "the oldest mark went");
+    assert.ok(sf.pass("k1") && sf.pass("k10000"));
+    sf.close();
+  });
 });
