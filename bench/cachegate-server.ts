@@ -4,9 +4,12 @@ import { loadConfig } from "../config/load.js";
 import { logDestination } from "../proxy/observability/log-destination.js";
 import { createLogger } from "../proxy/observability/logger.js";
 import { startCachegate } from "../proxy/server.js";
+import { applyV8Flags } from "../proxy/v8-flags.js";
 import { announce, exitOnParentSignal, requireEnv } from "./child.js";
 
 const upstream = requireEnv("BENCH_UPSTREAM_URL");
+// As the CLI does (BENCH_V8_DEFAULTS=1: V8's defaults, to price the flags).
+if (!process.env.BENCH_V8_DEFAULTS) applyV8Flags();
 
 // An empty env: CACHEGATE_* variables of the shell that runs the benchmark must not change what is measured.
 // BENCH_LOG_LEVEL: "info" (default: every access line is written) or e.g. "warn" (none), to price the access log.

@@ -10,6 +10,7 @@ import { serveWorker, startPrimary } from "./cluster.js";
 import { createLogger } from "./observability/logger.js";
 import { PluginError } from "./plugins.js";
 import { startCachegate } from "./server.js";
+import { applyV8Flags } from "./v8-flags.js";
 
 function version(): string {
   // Runs as proxy/main.ts (tsx, `npm run dev`) or as dist/proxy/main.js: package.json is one or two levels up.
@@ -20,6 +21,7 @@ function version(): string {
 }
 
 async function main(): Promise<number> {
+  applyV8Flags();
   let cli: ReturnType<typeof parseCli>;
   try {
     cli = parseCli(process.argv.slice(2));

@@ -32,6 +32,7 @@ import { EventEmitter } from "node:events";
 import { Cluster, type Redis } from "ioredis";
 import type { UpstreamConfig } from "../../config/schema.js";
 import { ProxyError } from "../errors.js";
+import { type ListNode, WatchList } from "../upstream/watch-list.js";
 import { AdaptiveLimit, type SampleOutcome } from "./adaptive-limit.js";
 import { Bottleneck } from "./bottleneck.js";
 
@@ -111,6 +112,8 @@ interface Waiter {
   timer: NodeJS.Timeout | undefined;
   /** Stops listening for the request giving up. */
   cancel: (() => void) | undefined;
+  /** Its place in the queue; undefined once it left it. */
+  node: ListNode<Waiter> | undefined;
 }
 
 /** Where permits come from: the local bottleneck, or the clustered one. */
@@ -171,8 +174,8 @@ export class UpstreamLimiter {
   private current: number;
   private applying: Promise<unknown> = Promise.resolve();
   private inFlight = 0;
-  /** FIFO: a Set iterates in insertion order and deletes in O(1). */
-  private readonly waiters = new Set<Waiter>();
+  /** FIFO with O(1) removal; not a Set, whose churn keeps queued requests alive (upstream/watch-list.ts). */
+  private readonly waiters = new WatchList<Waiter>();
   private acquired = 0;
   private jobs = 0;
   private waited = 0;
@@ -271,8 +274,8 @@ export class UpstreamLimiter {
     }
     this.waited++;
     return new Promise<Slot>((resolve, reject) => {
-      const w: Waiter = { resolve, reject, timer: undefined, cancel: undefined };
-      this.waiters.add(w);
+      const w: Waiter = { resolve, reject, timer: undefined, cancel: undefined, node: undefined };
+      w.node = this.waiters.push(w);
       if (this.cfg.maxWait > 0) {
         w.timer = setTimeout(() => this.abandon(w, "wait_timeout"), this.cfg.maxWait);
       }
@@ -317,11 +320,11 @@ export class UpstreamLimiter {
       this.pump();
       return;
     }
-    // Checked first: the common case (nobody waiting) then costs no iterator.
-    const next = this.waiters.size > 0 ? this.waiters.values().next() : undefined;
-    if (next && !next.done) {
-      const w = next.value;
-      this.waiters.delete(w);
+    const next = this.waiters.first();
+    if (next) {
+      const w = next.item as Waiter;
+      this.waiters.remove(next);
+      w.node = undefined;
       if (w.timer) clearTimeout(w.timer);
       w.cancel?.();
       w.resolve(new HeldSlot(this, p));
@@ -370,7 +373,9 @@ export class UpstreamLimiter {
 
   /** Takes a waiter out: refused for `reason`, or (undefined) its client went away. */
   private abandon(w: Waiter, reason: RejectReason | undefined): void {
-    if (!this.waiters.delete(w)) return;
+    if (!w.node) return;
+    this.waiters.remove(w.node);
+    w.node = undefined;
     if (w.timer) clearTimeout(w.timer);
     w.cancel?.();
     w.reject(reason ? this.refuse(reason) : new ProxyError("client_closed"));
@@ -484,7 +489,7 @@ export class UpstreamLimiter {
     clearTimeout(this.sharedProbe);
     clearInterval(this.sweeper);
     for (const p of this.idle.splice(0)) this.retire(p);
-    for (const w of [...this.waiters]) this.abandon(w, "queue_full");
+    for (const w of this.waiters.items()) this.abandon(w, "queue_full");
     await this.local.limiter.disconnect(false).catch(() => undefined);
     // The shared limiter is left to UpstreamLimiters, which drops its whole Redis connection: the limiter's own
     // disconnect() would UNSUBSCRIBE in promises nobody handles, an unhandled rejection while Redis is down.

@@ -10,6 +10,7 @@ import { createProxyServer, type ProxyServer } from "http-proxy-3";
 import { ProxyError } from "../errors.js";
 import type { Upstream } from "../routing.js";
 import { COARSE_DEADLINE_MS, type DeadlineWatch, type IdleWatch, idleSweeper } from "./idle-sweeper.js";
+import type { ListNode } from "./watch-list.js";
 
 export interface UpstreamResponse {
   status: number;
@@ -98,6 +99,8 @@ class Exchange implements IdleWatch, DeadlineWatch {
   private responseTimer: NodeJS.Timeout | undefined;
   /** The response-header deadline, when the sweeper watches it (long timeouts) instead of a timer. */
   deadline = Number.POSITIVE_INFINITY;
+  deadlineNode: ListNode<DeadlineWatch> | undefined = undefined;
+  idleNode: ListNode<IdleWatch> | undefined = undefined;
   private connectTimer: NodeJS.Timeout | undefined;
   /** Called once the response body has closed (ended, failed or destroyed). */
   onBodyClose: (() => void) | undefined = undefined;
