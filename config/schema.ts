@@ -294,7 +294,8 @@ const cacheGlobalSchema = z
     tagHeaders: z.array(z.string().min(1)).default(["cache-tag", "surrogate-key"]),
     /** How long a coalesced follower waits for the leader's response before going upstream itself. */
     coalesceTimeout: duration.default(10_000), // 10 s
-    /** Hit-for-miss: after a key's response is uncacheable, its misses skip coalescing for this long (0: never). */
+    /** Hit-for-miss: after a key's response is uncacheable (and requests waited for it), its misses skip coalescing
+     * for this long (0: never). */
     hitForMiss: duration.default(120_000), // 2 min, as Varnish
     /** Probabilistic early refresh (XFetch): beta > 0 refreshes hot entries shortly before they expire. */
     earlyRefreshBeta: z.number().min(0).max(10).default(0),

@@ -280,18 +280,25 @@ test("with redis-server killed, acquire still returns a leader quickly and repor
   }
 });
 
-test("an uncacheable outcome marks the key for hit-for-miss on the leader's instance and on its remote followers'", async () => {
+test("an uncacheable outcome marks the key for hit-for-miss where requests waited for it, remote followers included", async () => {
   const { a, b, close } = await twoInstances(5_000, 60_000);
   try {
     const key = "GET /uncacheable";
     const leader = await a.flights.acquire(key, 5_000, true);
+    const local = await a.flights.acquire(key, 5_000, true);
     const remote = await b.flights.acquire(key, 5_000, true);
-    assert.ok(leader.role === "leader" && remote.role === "follower");
-    const waited = remote.wait(2_000);
+    assert.ok(leader.role === "leader" && local.role === "follower" && remote.role === "follower");
+    const waited = Promise.all([local.wait(2_000), remote.wait(2_000)]);
     leader.release("uncacheable");
-    assert.equal(await waited, "uncacheable", "told by the message, not by a lease poll");
-    assert.ok(a.flights.pass(key), "marked where it was fetched");
+    assert.deepEqual(await waited, ["uncacheable", "uncacheable"], "the remote one told by the message");
+    assert.ok(a.flights.pass(key), "marked where it was fetched (a request waited there)");
     assert.ok(b.flights.pass(key), "marked where it was followed");
+
+    // An instance where nobody waited marks nothing.
+    const alone = await b.flights.acquire("GET /asked-once", 5_000, true);
+    assert.equal(alone.role, "leader");
+    if (alone.role === "leader") alone.release("uncacheable");
+    assert.equal(b.flights.pass("GET /asked-once"), undefined);
     assert.deepEqual([...a.errors, ...b.errors], []);
   } finally {
     await close();

@@ -176,15 +176,25 @@ test("a lost leader nobody follows: the next acquire after leaseMs leads, and a 
 describe("hit-for-miss", () => {
   const passFlights = (passMs: number) =>
     new SingleFlight({ keyPrefix: "test:", instanceId: "local", leaseMs: 5_000, passMs, onError: () => {} });
+  /** A flight on `key` that one follower waits for, released with `outcome`. */
+  const contested = async (sf: SingleFlight, key: string, outcome: "uncacheable" | "stored") => {
+    const leader = await sf.acquire(key, 5_000, true);
+    const follower = await sf.acquire(key, 5_000, true);
+    assert.ok(leader.role === "leader" && follower.role === "follower");
+    const waited = follower.wait(1_000);
+    leader.release(outcome);
+    assert.equal(await waited, outcome);
+  };
 
   test("an uncacheable outcome marks the key; a stored one clears it; refresh flights never mark", async () => {
     const sf = passFlights(60_000);
     const leader = await sf.acquire("k", 5_000, true);
     const follower = await sf.acquire("k", 5_000, true);
     assert.ok(leader.role === "leader" && follower.role === "follower");
+    const waited = follower.wait(1_000);
     assert.equal(sf.pass("k"), undefined, "no mark while the first fetch is in flight");
     leader.release("uncacheable");
-    assert.equal(await follower.wait(1_000), "uncacheable");
+    assert.equal(await waited, "uncacheable");
     const mark = sf.pass("k");
     assert.ok(mark, "the key is marked");
     assert.equal(sf.pass("k"), mark, "one mark per key, not one per request");
@@ -203,13 +213,19 @@ describe("hit-for-miss", () => {
     if (stored.role === "leader") stored.release("stored");
     assert.equal(sf.pass("s"), undefined);
     assert.equal(sf.passing(), 0);
+
+    // Nobody waited: an uncacheable response of a URL asked once costs no mark.
+    const alone = await sf.acquire("once", 5_000, true);
+    assert.equal(alone.role, "leader");
+    if (alone.role === "leader") alone.release("uncacheable");
+    assert.equal(sf.pass("once"), undefined);
+    assert.equal(sf.passing(), 0);
     sf.close();
   });
 
   test("a mark lasts passMs, an uncacheable release extends it, and passMs 0 turns marking off", async () => {
     const sf = passFlights(150);
-    const leader = await sf.acquire("k", 5_000, true);
-    if (leader.role === "leader") leader.release("uncacheable");
+    await contested(sf, "k", "uncacheable");
     const mark = sf.pass("k");
     assert.ok(mark);
     await new Promise((r) => setTimeout(r, 100));
@@ -221,8 +237,7 @@ describe("hit-for-miss", () => {
     assert.equal(sf.passing(), 0, "an expired mark is dropped when looked at");
 
     const off = passFlights(0);
-    const l = await off.acquire("k", 5_000, true);
-    if (l.role === "leader") l.release("uncacheable");
+    await contested(off, "k", "uncacheable");
     assert.equal(off.pass("k"), undefined);
     assert.equal(off.passing(), 0);
     sf.close();
@@ -231,10 +246,7 @@ describe("hit-for-miss", () => {
 
   test("marks are bounded: past 10000 keys the oldest is forgotten", async () => {
     const sf = passFlights(60_000);
-    for (let i = 0; i <= 10_000; i++) {
-      const l = await sf.acquire(`k${i}`, 5_000, true);
-      if (l.role === "leader") l.release("uncacheable");
-    }
+    for (let i = 0; i <= 10_000; i++) await contested(sf, `k${i}`, "uncacheable");
     assert.equal(sf.passing(), 10_000);
     assert.equal(sf.pass("k0"), undefined, "the oldest mark went");
     assert.ok(sf.pass("k1") && sf.pass("k10000"));
