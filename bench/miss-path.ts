@@ -25,6 +25,7 @@ import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
 import { type Child, startChild, stopChild, stopChildren } from "./processes.js";
 import { intEnv } from "./settings.js";
+import { median } from "./stats.js";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 /** Compiled to .bench-dist/bench/*.js (npm run bench:miss), or run through tsx from bench/*.ts. */
@@ -83,12 +84,6 @@ function cannon(url: string, durationS: number): Promise<autocannon.Result> {
       (durationS + 20) * 1000,
     );
   });
-}
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
 }
 
 interface Probe {

@@ -29,6 +29,7 @@ import autocannon from "autocannon";
 import { BODY_BYTES } from "./body.js";
 import { cpuSeconds, ROOT, startChild, stopChildren } from "./processes.js";
 import { intEnv, VARIANTS } from "./settings.js";
+import { median } from "./stats.js";
 import { table } from "./table.js";
 
 /** The issue's bar: cachegate pass-through at >= 0.8x the requests/s of bare http-proxy-3. */
@@ -193,12 +194,6 @@ function toRun(
 }
 
 const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
 
 /** `target`'s req/s divided by http-proxy-3's in the same round, for every round that ran both. */
 function roundRatios(runs: RunResult[], target: TargetName, rounds: number): number[] {

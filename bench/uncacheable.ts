@@ -12,6 +12,7 @@ import autocannon from "autocannon";
 import { startGate, type TestGate } from "../test/helpers/cachegate.js";
 import { listenLoopback, portOf } from "./child.js";
 import { intEnv } from "./settings.js";
+import { median } from "./stats.js";
 import { table } from "./table.js";
 
 const ORIGIN_MS = intEnv("UNCACHEABLE_ORIGIN_MS", 100, 1, 10_000);
@@ -74,7 +75,6 @@ for (let round = 0; round < ROUNDS; round++) {
 origin.closeAllConnections();
 origin.close();
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
 console.log();
 console.log(
   table([

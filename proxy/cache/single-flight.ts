@@ -352,17 +352,12 @@ export class SingleFlight {
       const oldest = this.passes.keys().next();
       if (!oldest.done) this.passes.delete(oldest.value);
     }
-    const passes = this.passes;
-    const passMs = this.passMs;
-    const mark: Pass = {
+    // A bypassing request's outcome is bookkept like a flight's: "uncacheable" extends the mark, "stored" ends it.
+    this.passes.set(key, {
       role: "leader",
-      until: now + passMs,
-      release(result) {
-        if (result === "uncacheable") mark.until = Date.now() + passMs;
-        else if (result === "stored" && passes.get(key) === mark) passes.delete(key);
-      },
-    };
-    passes.set(key, mark);
+      until: now + this.passMs,
+      release: (result) => this.mark(key, result),
+    });
   }
 
   /** Compare-and-delete of the lease, plus the completion message when `outcome` is given and there is a bus. */

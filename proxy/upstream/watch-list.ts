@@ -1,12 +1,13 @@
 // An insertion-ordered collection of per-request watches, as a doubly linked list of small nodes, for the idle
-// sweeper and the upstream limiter's queue. Why not a Set: a long-lived Set (or Map) that gains and loses an entry per request keeps the requests it
-// held alive through young-generation collections, so each request's object graph is promoted to the old generation
-// and has to wait for a full collection. test/unit/watch-list.test.ts measures it with V8's GC trace: ~1.9 KB of a
-// ~5 KB request graph promoted per request through a Set, ~35 B through this list. Our reading: the Set's hash
-// table is rehashed every few requests, and the obsolete tables, once in the old generation, still point at the
-// entries they had. In cachegate under wrk the per-request Sets of the sweeper were one of two causes of a state in
-// which ~6 KB per request were promoted (the other: V8's allocation-site pretenuring, see proxy/v8-flags.ts).
-// A removed node here is cleared at once (item and links), so nothing that is gone keeps anything else alive.
+// sweeper and the upstream limiter's queue. Why not a Set: a long-lived Set (or Map) that gains and loses an entry
+// per request keeps the requests it held alive through young-generation collections, so each request's object graph
+// is promoted to the old generation and has to wait for a full collection. test/unit/watch-list.test.ts measures it
+// with V8's GC trace: ~1.9 KB of a ~5 KB request graph promoted per request through a Set, ~35 B through this list.
+// Our reading: the Set's hash table is rehashed every few requests, and the obsolete tables, once in the old
+// generation, still point at the entries they had. In cachegate under wrk the per-request Sets of the sweeper were
+// one of two causes of a state in which ~6 KB per request were promoted (the other: V8's allocation-site
+// pretenuring, see proxy/v8-flags.ts). A removed node here is cleared at once (item and links), so nothing that is
+// gone keeps anything else alive.
 
 /** One entry; its fields are cleared when it is removed. */
 export interface ListNode<T> {
