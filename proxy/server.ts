@@ -1,5 +1,4 @@
 // Wiring: listeners (proxy port, admin port), the pipeline, and graceful drain.
-import { randomUUID } from "node:crypto";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import type { Config } from "../config/schema.js";
@@ -25,6 +24,7 @@ import { createRateLimitStage } from "./pipeline/rate-limit.js";
 import { createRouteStage } from "./pipeline/route.js";
 import { createStoreStage, storeVeto } from "./pipeline/store.js";
 import { PluginHost } from "./plugins.js";
+import { RequestIds } from "./request-id.js";
 import { BOTTLENECK_PATCH } from "./resilience/bottleneck.js";
 import { Breakers } from "./resilience/breakers.js";
 import { ClientLimiter } from "./resilience/client-limits.js";
@@ -235,6 +235,7 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
   const upgraded = new Set<Socket>();
   const deliverOpts = { closing: () => draining };
 
+  const requestIds = new RequestIds();
   const accessLog = createAccessLog(logger);
   events.on("request:end", (s) => accessLog(s, s.error !== undefined && s.status >= 500));
 
@@ -283,7 +284,7 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     inFlight++;
     const startedAt = performance.now();
     const given = req.headers["x-request-id"];
-    const id = typeof given === "string" && REQUEST_ID_RE.test(given) ? given : randomUUID();
+    const id = typeof given === "string" && REQUEST_ID_RE.test(given) ? given : requestIds.next();
     const ctx = new Context(id, req, res, startedAt, logger);
     // http-proxy-3, node:http, plugins' streams and this server watch `close`: more than 10 listeners is no leak.
     res.setMaxListeners(20);
@@ -355,7 +356,7 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
   });
   server.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
     const given = req.headers["x-request-id"];
-    const id = typeof given === "string" && REQUEST_ID_RE.test(given) ? given : randomUUID();
+    const id = typeof given === "string" && REQUEST_ID_RE.test(given) ? given : requestIds.next();
     socket.on("error", () => socket.destroy());
     if (draining) return rejectUpgrade(socket, new ProxyError("shutting_down"), id);
     const path = (req.url ?? "/").split("?")[0] ?? "/";
