@@ -88,11 +88,38 @@ export class BatchedDestination implements DestinationStream {
       }
     }
     this.used += this.buf.write(line, this.used, "utf8");
+    this.armTimer();
+    return true;
+  }
+
+  /**
+   * For a writer that encodes its own line into the batch (the access log, see access-line.ts): room for `bytes`
+   * more bytes, the batch handed over first when it has too little. Returns the offset to write at in `batch`, or
+   * -1 when this destination is closed or a line that long cannot go into a batch (write it as a string then).
+   * Call `commit` with the end offset once the line is written.
+   */
+  reserve(bytes: number): number {
+    if (this.ended || bytes > this.maxBytes) return -1;
+    if (this.used + bytes > this.buf.length) this.drain();
+    return this.used;
+  }
+
+  /** The batch buffer `reserve` made room in (replaced whenever a batch is handed over). */
+  get batch(): Buffer {
+    return this.buf;
+  }
+
+  /** Ends a `reserve`d write: the batch now holds `end` bytes. */
+  commit(end: number): void {
+    this.used = end;
+    this.armTimer();
+  }
+
+  private armTimer(): void {
     if (this.timer === undefined) {
       this.timer = setTimeout(this.drain, this.maxDelayMs);
       this.timer.unref();
     }
-    return true;
   }
 
   /** Hands what is pending to SonicBoom (which writes it asynchronously). */

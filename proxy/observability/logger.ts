@@ -1,8 +1,9 @@
 // Structured JSON logs (pino). Credentials never reach a log line: they are redacted at the logger, not by callers.
 import pino, { type DestinationStream, type Logger } from "pino";
 import type { LogLevel } from "../../config/schema.js";
+import { accessLineBound, encodeAccessLine, isoSecondPrefix } from "./access-line.js";
 import type { RequestSummary } from "./events.js";
-import { logDestination } from "./log-destination.js";
+import { BatchedDestination, logDestination } from "./log-destination.js";
 
 export type { Logger };
 
@@ -60,43 +61,50 @@ export function ms(n: number): string {
   return `${whole}.${pad3(frac)}`;
 }
 
-let isoSecond = -1;
-let isoPrefix = "";
 /** `new Date().toISOString()`, with the date and time up to the second formatted once per second. */
 export function isoNow(now = Date.now()): string {
   const second = Math.floor(now / 1000);
-  if (second !== isoSecond) {
-    isoSecond = second;
-    isoPrefix = new Date(second * 1000).toISOString().slice(0, 20); // "2026-12-03T12:00:01."
-  }
-  return `${isoPrefix}${pad3(now - second * 1000)}Z`;
+  return `${isoSecondPrefix(second)}${pad3(now - second * 1000)}Z`;
+}
+
+/**
+ * The access line as a string (for destinations other than the batching one): the bytes `encodeAccessLine` writes.
+ * Escaped: the path and the client address (X-Forwarded-For text from a trusted proxy). Written as they are:
+ * identifiers already restricted to JSON-safe characters — request ids (REQUEST_ID_RE or a generated id), the method
+ * (an HTTP token, checked by Node's parser), route and upstream names (config schema), cache statuses, tiers and
+ * error codes (fixed sets).
+ */
+export function accessLineString(s: RequestSummary, warn: boolean, prefix: string, now: number): string {
+  let line = `{"level":"${warn ? "warn" : "info"}","time":"${isoNow(now)}"${prefix},"reqId":"${s.reqId}"`;
+  line += `,"method":"${s.method}","path":${jsonString(s.path)},"route":"${s.route}"`;
+  line += `,"upstream":"${s.upstream}","status":${s.status},"bytes":${s.bytes},"durationMs":${ms(s.durationMs)}`;
+  if (s.upstreamMs !== undefined) line += `,"upstreamMs":${ms(s.upstreamMs)}`;
+  line += `,"cache":"${s.cache}"`;
+  if (s.cacheTier !== undefined) line += `,"cacheTier":"${s.cacheTier}"`;
+  line += `,"coalesced":${s.coalesced},"clientIp":${jsonString(s.clientIp)}`;
+  if (s.error !== undefined) line += `,"error":"${s.error}"`;
+  return `${line},"aborted":${s.aborted},"msg":"request"}\n`;
 }
 
 /**
  * The access log: one JSON line per request, in the same shape and on the same destination as the logger's own
- * lines. Built by hand rather than through pino's serializer or JSON.stringify of the record: it runs for every
- * request (measured in isolation: 0.65 µs per line, against 1.7 µs for JSON.stringify of the record).
- * The summary holds no headers, so there is nothing to redact; the path is escaped, everything else is
- * a number, a boolean, or an identifier cachegate validated (request ids, route and upstream names, error codes).
+ * lines, built by hand rather than through pino's serializer (it runs for every request). On the production
+ * destination the line is encoded straight into the batch buffer (access-line.ts); elsewhere it is a string.
+ * The summary holds no headers, so there is nothing to redact.
  */
 export function createAccessLog(logger: Logger): (s: RequestSummary, warn: boolean) => void {
   const stream = (logger as unknown as Record<symbol, { write(line: string): void }>)[pino.symbols.streamSym];
   const bindings = JSON.stringify(logger.bindings()).slice(1, -1);
   const prefix = bindings ? `,${bindings}` : "";
+  const prefixBytes = Buffer.from(prefix, "utf8");
+  const batched = stream instanceof BatchedDestination ? stream : undefined;
   return (s, warn) => {
     if (!stream || !logger.isLevelEnabled(warn ? "warn" : "info")) return;
-    // Escaped: the path and the client address (X-Forwarded-For text from a trusted proxy). Written as they are:
-    // identifiers already restricted to JSON-safe characters — request ids (REQUEST_ID_RE or a UUID), the method
-    // (an HTTP token, checked by Node's parser), route and upstream names (config schema), cache statuses, tiers
-    // and error codes (fixed sets).
-    let line = `{"level":"${warn ? "warn" : "info"}","time":"${isoNow()}"${prefix},"reqId":"${s.reqId}"`;
-    line += `,"method":"${s.method}","path":${jsonString(s.path)},"route":"${s.route}"`;
-    line += `,"upstream":"${s.upstream}","status":${s.status},"bytes":${s.bytes},"durationMs":${ms(s.durationMs)}`;
-    if (s.upstreamMs !== undefined) line += `,"upstreamMs":${ms(s.upstreamMs)}`;
-    line += `,"cache":"${s.cache}"`;
-    if (s.cacheTier !== undefined) line += `,"cacheTier":"${s.cacheTier}"`;
-    line += `,"coalesced":${s.coalesced},"clientIp":${jsonString(s.clientIp)}`;
-    if (s.error !== undefined) line += `,"error":"${s.error}"`;
-    stream.write(`${line},"aborted":${s.aborted},"msg":"request"}\n`);
+    const now = Date.now();
+    if (batched) {
+      const at = batched.reserve(accessLineBound(s, prefixBytes.length));
+      if (at >= 0) return batched.commit(encodeAccessLine(batched.batch, at, s, warn, prefixBytes, now));
+    }
+    stream.write(accessLineString(s, warn, prefix, now));
   };
 }
