@@ -1,8 +1,9 @@
 // Routes and upstreams compiled once from the frozen config. Matching is first-match in config order.
-import http from "node:http";
+import type http from "node:http";
 import https from "node:https";
 import type { Config, RouteConfig, UpstreamConfig } from "../config/schema.js";
 import { idleSweeper } from "./upstream/idle-sweeper.js";
+import { PooledAgent } from "./upstream/pooled-agent.js";
 
 export interface Upstream {
   readonly name: string;
@@ -29,7 +30,7 @@ export function createUpstream(config: UpstreamConfig): Upstream {
     maxFreeSockets: config.pool.maxFreeSockets,
     scheduling: "lifo",
   };
-  const agent = url.protocol === "https:" ? new https.Agent(options) : new http.Agent(options);
+  const agent = url.protocol === "https:" ? new https.Agent(options) : new PooledAgent(options);
   // Every request copies the Agent's `options` into its own (Agent#addRequest spreads them into a null-prototype
   // object, a dictionary): keys only the Agent itself uses are dropped from there once the constructor has read them
   // into agent.keepAliveMsecs, .maxFreeSockets and .scheduling. With them each request's copy crossed a dictionary
