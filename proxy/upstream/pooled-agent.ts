@@ -12,8 +12,9 @@
 // destroyed sockets at the head of the free list, take the most recently freed one (lifo), re-arm its async id
 // (`asyncResetHandle`), `reuseSocket`, `req.onSocket` with the request's own timeout (`setRequestSocket`), and
 // list it as in use. Everything else (no free socket: connect a new one or queue) is node's own addRequest. Checked
-// against node 20's lib/_http_agent.js; the fast path switches itself off where the one internal it needs (the
-// socket's async id symbol) is not found. test/unit/upstream-agent.test.ts checks reuse, lifo order, destroyed
+// against node 20's lib/_http_agent.js. The fast path switches itself off where the one internal it needs (the
+// socket's async id symbol) is not found, and in nodes whose Agent can tunnel through a proxy taken from the
+// environment (Agent#prepareForHttpsProxy, NODE_USE_ENV_PROXY): their reuse path may have to tunnel first. test/unit/upstream-agent.test.ts checks reuse, lifo order, destroyed
 // sockets, queueing at maxSockets and the request timeout against a stock Agent's behaviour.
 import http, { type ClientRequest } from "node:http";
 import net, { type Socket } from "node:net";
@@ -43,8 +44,10 @@ interface AsyncHandle {
 type PoolSocket = Socket & { _handle?: Partial<AsyncHandle> | null } & Record<symbol, unknown>;
 type Pool = Record<string, Socket[] | undefined>;
 
-/** Whether the fast path can run in this node (the internal it relies on exists). */
-export const POOLED_FAST_PATH = asyncIdSymbol !== undefined;
+/** Whether the fast path can run in this node: the internal it relies on exists, and reuse never tunnels. */
+export const POOLED_FAST_PATH =
+  asyncIdSymbol !== undefined &&
+  typeof (http.Agent.prototype as unknown as Record<string, unknown>).prepareForHttpsProxy !== "function";
 
 export class PooledAgent extends http.Agent {
   constructor(options: http.AgentOptions) {
@@ -53,7 +56,8 @@ export class PooledAgent extends http.Agent {
   }
 
   addRequest(req: ClientRequest, options: http.ClientRequestArgs): void {
-    if (asyncIdSymbol === undefined) return void superAddRequest.call(this, req, options);
+    if (!POOLED_FAST_PATH || asyncIdSymbol === undefined)
+      return void superAddRequest.call(this, req, options);
     const name = this.getName(options);
     const freePool = this.freeSockets as Pool;
     const free = freePool[name];
