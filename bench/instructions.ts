@@ -1,6 +1,8 @@
 // Instructions per request, counted by valgrind's callgrind: the one cost figure on these machines that does not move
 // with their load. The same binary's CPU per request moves by up to 2x within minutes here, so `npm run bench` cannot
-// tell a 5 % change from noise; this can (the same target measured twice agrees within 1 %).
+// tell a 5 % change from noise; this can, for targets without the adaptive concurrency limiter (the same target
+// measured twice agrees within 1 %). With the limiter (the default cachegate) counts move with the limit valgrind's
+// slowness drives it to: 386k, 400k and 386k for one build on 2026-12-06. Compare versions in one run, and repeat.
 //
 //   npm run bench:instructions              http-proxy-3, cachegate, cachegate-nocache, cachegate-floor
 //   INSTR_TARGETS=cachegate,cachegate-forward   variants as in bench:ab (http-proxy-3 always first)
