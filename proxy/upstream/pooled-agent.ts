@@ -49,15 +49,22 @@ export const POOLED_FAST_PATH =
   asyncIdSymbol !== undefined &&
   typeof (http.Agent.prototype as unknown as Record<string, unknown>).prepareForHttpsProxy !== "function";
 
+/** Agent options that node's addRequest would let override the request's own parts of the pool name. */
+const NAME_PARTS = ["host", "port", "localAddress", "family", "socketPath"] as const;
+
 export class PooledAgent extends http.Agent {
+  /** The fast path applies: node and these options allow it. */
+  private readonly fast: boolean;
+
   constructor(options: http.AgentOptions) {
     // The fast path hands out the most recently freed socket: scheduling must be lifo, as it is by default.
     super({ ...options, scheduling: "lifo" });
+    const given = options as Record<string, unknown>;
+    this.fast = POOLED_FAST_PATH && NAME_PARTS.every((k) => given[k] === undefined);
   }
 
   addRequest(req: ClientRequest, options: http.ClientRequestArgs): void {
-    if (!POOLED_FAST_PATH || asyncIdSymbol === undefined)
-      return void superAddRequest.call(this, req, options);
+    if (!this.fast || asyncIdSymbol === undefined) return void superAddRequest.call(this, req, options);
     const name = this.getName(options);
     const freePool = this.freeSockets as Pool;
     const free = freePool[name];

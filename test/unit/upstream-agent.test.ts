@@ -205,3 +205,18 @@ test("PooledAgent: a reused socket gets a new async id, as with node's own reuse
     agent.destroy();
   }
 });
+
+test("PooledAgent: agent options that name the pool (localAddress) leave every request to node's own addRequest", async () => {
+  const agent = new PooledAgent({ keepAlive: true, localAddress: "127.0.0.1" });
+  assert.equal((agent as unknown as { fast: boolean }).fast, false);
+  try {
+    await withServer(async (port) => {
+      const first = await getOn(agent, port);
+      const second = await getOn(agent, port);
+      assert.equal(second.reused, true, "node's reuse still works");
+      assert.equal(second.localPort, first.localPort);
+    });
+  } finally {
+    agent.destroy();
+  }
+});
