@@ -31,8 +31,9 @@ export function createUpstream(config: UpstreamConfig): Upstream {
     scheduling: "lifo",
   };
   const agent = url.protocol === "https:" ? new https.Agent(options) : new PooledAgent(options);
-  // Every request copies the Agent's `options` into its own (Agent#addRequest spreads them into a null-prototype
-  // object, a dictionary): keys only the Agent itself uses are dropped from there once the constructor has read them
+  // node's Agent#addRequest copies the Agent's `options` into each request's own (a null-prototype object, a
+  // dictionary); PooledAgent skips that when it reuses a socket, but new connections, queued requests and https
+  // upstreams still pay it. Keys only the Agent itself uses are dropped from there once the constructor has read them
   // into agent.keepAliveMsecs, .maxFreeSockets and .scheduling. With them each request's copy crossed a dictionary
   // size step: +1.6 KB allocated per request (sampling heap profiler). test/unit/upstream-agent.test.ts checks the
   // pool still honours them.

@@ -12,10 +12,11 @@
 // destroyed sockets at the head of the free list, take the most recently freed one (lifo), re-arm its async id
 // (`asyncResetHandle`), `reuseSocket`, `req.onSocket` with the request's own timeout (`setRequestSocket`), and
 // list it as in use. Everything else (no free socket: connect a new one or queue) is node's own addRequest. Checked
-// against node 20's lib/_http_agent.js. The fast path switches itself off where the one internal it needs (the
-// socket's async id symbol) is not found, and in nodes whose Agent can tunnel through a proxy taken from the
-// environment (Agent#prepareForHttpsProxy, NODE_USE_ENV_PROXY): their reuse path may have to tunnel first. test/unit/upstream-agent.test.ts checks reuse, lifo order, destroyed
-// sockets, queueing at maxSockets and the request timeout against a stock Agent's behaviour.
+// against node 20's lib/_http_agent.js. The fast path is off where the one internal it needs (the socket's async id
+// symbol) is not found; in nodes whose Agent can tunnel through a proxy taken from the environment
+// (Agent#prepareForHttpsProxy, NODE_USE_ENV_PROXY), whose reuse path may have to tunnel first; and for an Agent whose
+// own options name the pool. test/unit/upstream-agent.test.ts runs reuse, lifo order, destroyed sockets, queueing at
+// maxSockets and the request timeout on this Agent and on a stock one.
 import http, { type ClientRequest } from "node:http";
 import net, { type Socket } from "node:net";
 
@@ -64,7 +65,7 @@ export class PooledAgent extends http.Agent {
   }
 
   addRequest(req: ClientRequest, options: http.ClientRequestArgs): void {
-    if (!this.fast || asyncIdSymbol === undefined) return void superAddRequest.call(this, req, options);
+    if (!this.fast) return void superAddRequest.call(this, req, options);
     const name = this.getName(options);
     const freePool = this.freeSockets as Pool;
     const free = freePool[name];
@@ -85,7 +86,7 @@ export class PooledAgent extends http.Agent {
     if (handle && typeof handle.asyncReset === "function") {
       const h = handle as AsyncHandle;
       h.asyncReset(new ReusedHandle(h.getProviderType(), h));
-      socket[asyncIdSymbol] = h.getAsyncId();
+      socket[asyncIdSymbol as symbol] = h.getAsyncId(); // defined wherever `fast` is
     }
     this.reuseSocket(socket, req);
     // setRequestSocket

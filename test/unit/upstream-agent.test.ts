@@ -1,5 +1,7 @@
 // The per-upstream keep-alive Agent: its pool settings hold even though they are kept out of the options every
-// request copies (routing.ts), and pooled sockets are reused.
+// request copies (routing.ts), and pooled sockets are reused. PooledAgent (proxy/upstream/pooled-agent.ts) hands out
+// free sockets itself; every scenario below runs on it and on a stock http.Agent with the same options, and both
+// must behave alike.
 import assert from "node:assert/strict";
 import http from "node:http";
 import type { AddressInfo, Socket } from "node:net";
@@ -9,61 +11,6 @@ import { idleSweeper } from "../../proxy/upstream/idle-sweeper.js";
 import { POOLED_FAST_PATH, PooledAgent } from "../../proxy/upstream/pooled-agent.js";
 import { configFrom } from "../helpers/cachegate.js";
 
-function get(agent: http.Agent, port: number): Promise<{ reused: boolean }> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: "127.0.0.1", port, path: "/", agent }, (res) => {
-      res.resume();
-      res.on("end", () => resolve({ reused: req.reusedSocket }));
-    });
-    req.on("error", reject);
-  });
-}
-
-test("pool settings hold: at most maxFreeSockets stay pooled, keep-alive delay set, LIFO reuse", async () => {
-  const server = http.createServer((_req, res) => {
-    // Slow enough that three requests overlap and need three sockets.
-    setTimeout(() => res.end("ok"), 30);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as AddressInfo).port;
-  const config = configFrom({
-    upstreams: [
-      {
-        name: "up",
-        url: `http://127.0.0.1:${port}`,
-        pool: { maxFreeSockets: 1, keepAlive: "12s", freeSocketTimeout: "1m" },
-      },
-    ],
-    routes: [{ name: "all", upstream: "up" }],
-  });
-  const upstream = createUpstream(config.upstreams[0] as (typeof config.upstreams)[number]);
-  const agent = upstream.agent as http.Agent & {
-    keepAliveMsecs: number;
-    scheduling: string;
-    options: Record<string, unknown>;
-  };
-  try {
-    assert.equal(agent.maxFreeSockets, 1);
-    assert.equal(agent.keepAliveMsecs, 12_000);
-    assert.equal(agent.scheduling, "lifo");
-    assert.equal(agent.options.keepAlive, true, "keepAlive still reaches every connection's options");
-    for (const k of ["keepAliveMsecs", "maxFreeSockets", "scheduling"]) assert.ok(!(k in agent.options), k);
-
-    await Promise.all([get(agent, port), get(agent, port), get(agent, port)]);
-    await new Promise((r) => setImmediate(r));
-    const free = Object.values(agent.freeSockets).reduce((n, list) => n + (list?.length ?? 0), 0);
-    assert.equal(free, 1, "three sockets were used, one is kept (maxFreeSockets: 1)");
-    assert.equal((await get(agent, port)).reused, true, "the kept socket is reused");
-  } finally {
-    idleSweeper.unwatchAgent(agent);
-    agent.destroy();
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-  }
-});
-
-// PooledAgent (proxy/upstream/pooled-agent.ts) hands out free sockets itself; every scenario runs on it and on a
-// stock http.Agent with the same options, and both must behave alike.
 interface Seen {
   reused: boolean;
   localPort: number;
@@ -102,6 +49,46 @@ async function withServer(run: (port: number) => Promise<void>, delayMs = 0): Pr
 
 const poolSize = (pool: NodeJS.ReadOnlyDict<Socket[]>) =>
   Object.values(pool).reduce((n, list) => n + (list?.length ?? 0), 0);
+
+test("pool settings hold: at most maxFreeSockets stay pooled, keep-alive delay set, LIFO reuse", async () => {
+  // Slow enough (30 ms) that three requests overlap and need three sockets.
+  await withServer(async (port) => {
+    const config = configFrom({
+      upstreams: [
+        {
+          name: "up",
+          url: `http://127.0.0.1:${port}`,
+          pool: { maxFreeSockets: 1, keepAlive: "12s", freeSocketTimeout: "1m" },
+        },
+      ],
+      routes: [{ name: "all", upstream: "up" }],
+    });
+    const upstream = createUpstream(config.upstreams[0] as (typeof config.upstreams)[number]);
+    const agent = upstream.agent as http.Agent & {
+      keepAliveMsecs: number;
+      scheduling: string;
+      options: Record<string, unknown>;
+    };
+    try {
+      assert.equal(agent.maxFreeSockets, 1);
+      assert.equal(agent.keepAliveMsecs, 12_000);
+      assert.equal(agent.scheduling, "lifo");
+      assert.equal(agent.options.keepAlive, true, "keepAlive still reaches every connection's options");
+      for (const k of ["keepAliveMsecs", "maxFreeSockets", "scheduling"]) assert.ok(!(k in agent.options), k);
+
+      await Promise.all([getOn(agent, port), getOn(agent, port), getOn(agent, port)]);
+      assert.equal(
+        poolSize(agent.freeSockets),
+        1,
+        "three sockets were used, one is kept (maxFreeSockets: 1)",
+      );
+      assert.equal((await getOn(agent, port)).reused, true, "the kept socket is reused");
+    } finally {
+      idleSweeper.unwatchAgent(agent);
+      agent.destroy();
+    }
+  }, 30);
+});
 
 test("PooledAgent: the fast path is on where node's reuse path never tunnels through an env proxy", () => {
   const tunnels = typeof (http.Agent.prototype as unknown as Record<string, unknown>).prepareForHttpsProxy;
