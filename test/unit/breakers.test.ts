@@ -6,6 +6,7 @@ import {
   type BreakerState,
   Breakers,
   breakerFailure,
+  COUNTING_STATUS,
   type UpstreamBreaker,
 } from "../../proxy/resilience/breakers.js";
 import { configFrom } from "../helpers/cachegate.js";
@@ -89,6 +90,25 @@ describe("circuit breakers", () => {
     assert.equal(s.successes, 5, "3 answers, the client that left, and an error of ours are not failures");
     assert.equal(s.failures, 2);
     assert.equal(b.state(), "closed");
+  });
+
+  test("the rolling window counts calls without keeping a latency per call (nothing reads them)", async () => {
+    assert.equal(COUNTING_STATUS, true, "opossum's Status was not found where opossum 9 keeps it");
+    const { b } = breaker({ volumeThreshold: 1000 });
+    for (let i = 0; i < 50; i++) await b.run(status(200), isFailure);
+    for (let i = 0; i < 10; i++) await b.run(status(500), isFailure);
+    const s = b.stats();
+    assert.equal(s.fires, 60);
+    assert.equal(s.successes, 50);
+    assert.equal(s.failures, 10);
+    // opossum's own Status would hold 60 latencies here (one per success or failure).
+    const windows = (b as unknown as { cb: { status: { window: { latencyTimes: number[] }[] } } }).cb.status
+      .window;
+    assert.equal(
+      windows.reduce((n, w) => n + w.latencyTimes.length, 0),
+      0,
+    );
+    assert.equal(b.state(), "closed", "10 failures in 60 calls is under the 50 % threshold");
   });
 
   test("opens only once volumeThreshold calls were made, at more than the error percentage", async () => {
