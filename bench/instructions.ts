@@ -8,6 +8,8 @@
 //   INSTR_TARGETS=cachegate,cachegate-forward   variants as in bench:ab (http-proxy-3 always first)
 //   INSTR_BASELINE_DIR=.bench-base          also the default cachegate compiled from another version of the code
 //                                           (built as for bench:ab's AB_BASELINE_DIR, see README)
+//   INSTR_BASELINE_VARIANT=cachegate-forward   the baseline build as that variant instead: without the adaptive
+//                                           limiter the counts repeat within ~1 %, so a small change shows
 //   INSTR_WARMUP (default 15000), INSTR_REQUESTS (default 5000), INSTR_CONNECTIONS (default 50)
 //   INSTR_CACHE_SIM=1                       also simulate the caches: L1 data and last-level misses per request
 //   BENCH_V8_DEFAULTS=1                     cachegate without the CLI's V8 flags (proxy/v8-flags.ts); the same
@@ -46,6 +48,8 @@ const DUMP_MS = 60_000;
 interface Settings {
   targets: string[];
   baselineDir: string | undefined;
+  /** The variant the baseline build runs as (default: the default cachegate). */
+  baselineVariant: string;
   warmup: number;
   requests: number;
   connections: number;
@@ -64,9 +68,16 @@ function readSettings(): Settings {
       );
     }
   }
+  const baselineVariant = process.env.INSTR_BASELINE_VARIANT || "cachegate";
+  if (!VARIANTS[baselineVariant]) {
+    throw new Error(
+      `INSTR_BASELINE_VARIANT: unknown variant "${baselineVariant}" (known: ${Object.keys(VARIANTS).join(", ")})`,
+    );
+  }
   return {
     targets: ["http-proxy-3", ...wanted.filter((v) => v !== "http-proxy-3")],
     baselineDir: process.env.INSTR_BASELINE_DIR || undefined,
+    baselineVariant,
     warmup: intEnv("INSTR_WARMUP", 15_000, 0, 500_000),
     requests: intEnv("INSTR_REQUESTS", 5_000, 100, 200_000),
     connections: intEnv("INSTR_CONNECTIONS", 50, 1, 500),
@@ -186,7 +197,14 @@ async function main(): Promise<void> {
         : { name: t, file: "cachegate-server.ts", env: { ...env, ...(VARIANTS[t] ?? {}) }, opts: {} },
     ),
     ...(baselineDir
-      ? [{ name: "baseline", file: "cachegate-server.ts", env, opts: { benchDir: baselineDir } }]
+      ? [
+          {
+            name: s.baselineVariant === "cachegate" ? "baseline" : `baseline ${s.baselineVariant}`,
+            file: "cachegate-server.ts",
+            env: { ...env, ...(VARIANTS[s.baselineVariant] ?? {}) },
+            opts: { benchDir: baselineDir },
+          },
+        ]
       : []),
   ];
   console.log(

@@ -157,6 +157,17 @@ test("the line encoded into the batch buffer is byte for byte the string line", 
         reqId: i % 2 ? "0f1e2d3c-4b5a-4978-8695-000000000001" : "client.id:1",
       });
     }
+  // Method, route/upstream and cache status are written as cached segments, up to 256 values per field, then piece
+  // by piece: both ways must give the same bytes.
+  for (let i = 0; i < 300; i++) {
+    summaries.push({
+      ...base,
+      method: `M${i}`,
+      route: i % 7 ? `route-${i}` : "dify-chat",
+      upstream: i % 3 ? "dify" : `upé${i}`,
+      cache: ["MISS", "HIT", "STALE", "BYPASS", `X${i}`][i % 5] as string,
+    });
+  }
   for (let i = 0; i < 500; i++) {
     let path = "/";
     for (let j = 0; j < i % 40; j++)
