@@ -23,9 +23,26 @@ export const sha256: (data: string | Buffer) => string = oneShot
   ? (data) => oneShot("sha256", data, "hex")
   : (data) => createHash("sha256").update(data).digest("hex");
 
+/**
+ * Recently computed primary keys by their canonical string. Every cache candidate computes its key, and the same
+ * URLs come back (that is what a cache is for): a Map lookup costs a fraction of a SHA-256 over the same string.
+ * Bounded in entries and in the length of what is kept; when full it starts over (the hot keys come back at once).
+ */
+const KEY_MEMO_ENTRIES = 4096;
+const KEY_MEMO_MAX_CHARS = 512;
+let keyMemo = new Map<string, string>();
+
 export function primaryKey(p: KeyParts): string {
   // Unit separators keep parts from running into each other ("a|b" + "c" ≠ "a" + "b|c").
-  return sha256(`v1\x1f${p.method}\x1f${p.upstream}\x1f${p.host}\x1f${p.target}\x1f${p.tenant}\x1f${p.body}`);
+  const canonical = `v1\x1f${p.method}\x1f${p.upstream}\x1f${p.host}\x1f${p.target}\x1f${p.tenant}\x1f${p.body}`;
+  if (canonical.length > KEY_MEMO_MAX_CHARS) return sha256(canonical);
+  let key = keyMemo.get(canonical);
+  if (key === undefined) {
+    key = sha256(canonical);
+    if (keyMemo.size >= KEY_MEMO_ENTRIES) keyMemo = new Map();
+    keyMemo.set(canonical, key);
+  }
+  return key;
 }
 
 /** "/p?b=2&a=1" → "/p?a=1&b=2" (stable sort: repeated names keep their relative order). */

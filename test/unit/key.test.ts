@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { test } from "node:test";
 import {
   BodyKeyError,
@@ -30,6 +31,24 @@ test("the primary key changes with every part and never contains the raw values"
     primaryKey({ ...parts, host: "ab", target: "/c" }),
     primaryKey({ ...parts, host: "a", target: "b/c" }),
   );
+});
+
+test("the primary key is the SHA-256 of its canonical string, however often and in whatever order it is asked", () => {
+  // Keys are shared through Redis with other instances (and other versions): the memo must never change them.
+  const expected = (p: typeof parts) =>
+    createHash("sha256")
+      .update(`v1\x1f${p.method}\x1f${p.upstream}\x1f${p.host}\x1f${p.target}\x1f${p.tenant}\x1f${p.body}`)
+      .digest("hex");
+  const asked: (typeof parts)[] = [];
+  // More distinct keys than the memo holds (it starts over), some asked again, and targets too long to be kept.
+  for (let i = 0; i < 9000; i++) asked.push({ ...parts, target: `/p?i=${i % 5000}` });
+  for (let i = 0; i < 20; i++) asked.push({ ...parts, target: `/${"x".repeat(500 + i * 7)}` });
+  for (const p of asked) {
+    assert.equal(primaryKey(p), expected(p));
+    assert.equal(primaryKey(p), expected(p), "asked again at once");
+  }
+  const recent = asked.slice(-300, -20).reverse();
+  for (const p of recent) assert.equal(primaryKey(p), expected(p), "asked again later");
 });
 
 test("sorts query parameters stably, keeping repeated names in order", () => {
