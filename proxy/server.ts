@@ -236,8 +236,9 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
   const deliverOpts = { closing: () => draining };
 
   const requestIds = new RequestIds();
+  // Called from onResponseClose rather than as a second "request:end" listener: with two listeners EventEmitter
+  // copies its listener array on every emit.
   const accessLog = createAccessLog(logger);
-  events.on("request:end", (s) => accessLog(s, s.error !== undefined && s.status >= 500));
 
   // One function for every response (`this` is the response, its context is on it): no closure per request.
   function onResponseClose(this: ServerResponse & { [kCtx]?: Context }): void {
@@ -276,6 +277,7 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
       error: aborted ? "client_closed" : ctx.errorCode,
       aborted,
     };
+    accessLog(summary, summary.error !== undefined && summary.status >= 500);
     events.emit("request:end", summary);
     if (draining && inFlight === 0) drained?.();
   }
