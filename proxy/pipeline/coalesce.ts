@@ -18,7 +18,7 @@ export function createCoalesceStage(cache: TieredCache, flights: SingleFlight, w
     run(ctx: RequestContext): Verdict | Promise<Verdict> {
       const c = ctx.cache;
       // Only what could be stored is worth waiting for: anything else would be fetched by each follower anyway.
-      if (!c || !c.storable) return CONTINUE;
+      if (!c?.storable) return CONTINUE;
       const pass = flights.pass(c.key);
       if (pass !== undefined) {
         c.flight = pass;
