@@ -151,35 +151,42 @@ function put(buf: Buffer, o: number, bytes: Buffer): number {
  * whatever token a client sent, so past MAX_SEGMENTS values a field is written piece by piece, as before.
  */
 const MAX_SEGMENTS = 256;
+const NOTHING = Buffer.alloc(0);
 const methodSegments = new Map<string, Buffer>();
-const routeSegments = new Map<string, Map<string, Buffer>>();
 const cacheSegments = new Map<string, Buffer>();
+/** Per route name: the text up to the upstream's name, and the segment made for each upstream seen with it. */
+const routeSegments = new Map<string, { before: Buffer; byUpstream: Map<string, Buffer> }>();
 
-/** The segment `before + value + after` as UTF-8 (what `raw` writes for `value`), made once per value. */
-function cachedSegment(
+/** `before`, `value` (UTF-8, as `raw` writes it) and `after`: from `map`'s segment for `value`, made on first use. */
+function field(
+  buf: Buffer,
+  o: number,
   map: Map<string, Buffer>,
   value: string,
-  before: string,
-  after: string,
-): Buffer | undefined {
+  before: Buffer,
+  after: Buffer,
+): number {
   let seg = map.get(value);
-  if (seg === undefined && map.size < MAX_SEGMENTS) {
-    seg = Buffer.from(`${before}${value}${after}`, "utf8");
+  if (seg === undefined) {
+    if (map.size >= MAX_SEGMENTS) return put(buf, raw(buf, put(buf, o, before), value), after);
+    seg = Buffer.concat([before, Buffer.from(value, "utf8"), after]);
     map.set(value, seg);
   }
-  return seg;
+  return put(buf, o, seg);
 }
 
-function routeSegment(route: string, upstream: string): Buffer | undefined {
-  let byUpstream = routeSegments.get(route);
-  if (byUpstream === undefined) {
-    if (routeSegments.size >= MAX_SEGMENTS) return undefined;
-    byUpstream = new Map();
-    routeSegments.set(route, byUpstream);
+/** `,"route":"<route>","upstream":"<upstream>","status":`. */
+function routeField(buf: Buffer, o: number, route: string, upstream: string): number {
+  let r = routeSegments.get(route);
+  if (r === undefined) {
+    if (routeSegments.size >= MAX_SEGMENTS) {
+      o = raw(buf, put(buf, o, ROUTE), route);
+      return put(buf, raw(buf, put(buf, o, UPSTREAM), upstream), STATUS);
+    }
+    r = { before: Buffer.concat([ROUTE, Buffer.from(route, "utf8"), UPSTREAM]), byUpstream: new Map() };
+    routeSegments.set(route, r);
   }
-  const seg = byUpstream.get(upstream);
-  if (seg !== undefined || byUpstream.size >= MAX_SEGMENTS) return seg;
-  return cachedSegment(byUpstream, upstream, `,"route":"${route}","upstream":"`, '","status":');
+  return field(buf, o, r.byUpstream, upstream, r.before, STATUS);
 }
 
 /**
@@ -202,24 +209,9 @@ export function encodeAccessLine(
   o = put(buf, o, prefix);
   o = put(buf, o, REQ_ID);
   o = raw(buf, o, s.reqId);
-  const method = s.method;
-  const methodSeg = cachedSegment(methodSegments, method, '","method":"', '","path":');
-  if (methodSeg) o = put(buf, o, methodSeg);
-  else {
-    o = put(buf, o, METHOD);
-    o = raw(buf, o, method);
-    o = put(buf, o, PATH);
-  }
+  o = field(buf, o, methodSegments, s.method, METHOD, PATH);
   o = jsonString(buf, o, s.path);
-  const routeSeg = routeSegment(s.route, s.upstream);
-  if (routeSeg) o = put(buf, o, routeSeg);
-  else {
-    o = put(buf, o, ROUTE);
-    o = raw(buf, o, s.route);
-    o = put(buf, o, UPSTREAM);
-    o = raw(buf, o, s.upstream);
-    o = put(buf, o, STATUS);
-  }
+  o = routeField(buf, o, s.route, s.upstream);
   o = number(buf, o, s.status);
   o = put(buf, o, BYTES);
   o = number(buf, o, s.bytes);
@@ -229,13 +221,7 @@ export function encodeAccessLine(
     o = put(buf, o, UPSTREAM_MS);
     o = ms(buf, o, s.upstreamMs);
   }
-  const cache = s.cache;
-  const cacheSeg = cachedSegment(cacheSegments, cache, ',"cache":"', "");
-  if (cacheSeg) o = put(buf, o, cacheSeg);
-  else {
-    o = put(buf, o, CACHE);
-    o = raw(buf, o, cache);
-  }
+  o = field(buf, o, cacheSegments, s.cache, CACHE, NOTHING);
   if (s.cacheTier !== undefined) {
     o = put(buf, o, CACHE_TIER);
     o = raw(buf, o, s.cacheTier);

@@ -123,26 +123,21 @@ export class UpstreamBreaker {
     emitter: EventEmitter<BreakerEvents>,
     private readonly now: () => number = Date.now,
   ) {
+    // The rolling window's settings: opossum's own Status reads them from the breaker's options, ours is given them.
+    const window = {
+      rollingCountTimeout: cfg.rollingWindow,
+      rollingCountBuckets: cfg.rollingBuckets,
+      rollingPercentilesEnabled: false,
+      enableSnapshots: false,
+    };
     this.cb = new CircuitBreaker<[Call, Judge | undefined], unknown>(judged, {
       name: upstream,
       timeout: false,
       resetTimeout: cfg.resetTimeout,
       errorThresholdPercentage: cfg.errorThresholdPercentage,
       volumeThreshold: cfg.volumeThreshold,
-      rollingCountTimeout: cfg.rollingWindow,
-      rollingCountBuckets: cfg.rollingBuckets,
-      rollingPercentilesEnabled: false,
-      enableSnapshots: false,
-      ...(CountingStatus
-        ? {
-            status: new CountingStatus({
-              rollingCountTimeout: cfg.rollingWindow,
-              rollingCountBuckets: cfg.rollingBuckets,
-              rollingPercentilesEnabled: false,
-              enableSnapshots: false,
-            }) as unknown as CircuitBreaker.Status,
-          }
-        : {}),
+      ...window,
+      ...(CountingStatus ? { status: new CountingStatus(window) as unknown as CircuitBreaker.Status } : {}),
       // Returning true means "not a failure" (opossum then reports a success, which closes a half-open breaker).
       errorFilter: (err: unknown) => !this.isFailure(err),
     });
