@@ -9,6 +9,7 @@
 //   AB_TARGETS=cachegate,cachegate-nocache,cachegate-warn   variants besides http-proxy-3 (always first); the
 //     ablations cachegate-nobreaker, -nolimit, -forward (no cache, breaker or limiter) and -floor (that, and no
 //     access lines) price one feature each. More than three variants at once spreads CPU 1 thin: prefer pairs.
+//   AB_TARGETS=cachegate,cachegate+--single-threaded-gc   a variant with node options after "+" (each its own)
 //   AB_ROUNDS, AB_DURATION (s), AB_CONNECTIONS
 //   AB_BASELINE_DIR=.bench-base         also run the default cachegate compiled from another version of the code, to
 //     compare two versions in one run. Make it inside this checkout (so node_modules resolve), e.g.
@@ -53,6 +54,10 @@ async function wrk(url: string, connections: number, seconds: number): Promise<n
   return Number(m[1]);
 }
 
+/** "cachegate+--flag+--other": the variant before the first "+", node options after it (to price a V8 flag). */
+const baseVariant = (name: string): string => name.split("+")[0] as string;
+const nodeArgs = (name: string): string[] => name.split("+").slice(1);
+
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)] as number;
@@ -68,7 +73,7 @@ async function main(): Promise<number> {
   const connections = intEnv("AB_CONNECTIONS", 50, 1, 1000);
   const variants = (process.env.AB_TARGETS ?? "cachegate,cachegate-nocache").split(",").map((s) => s.trim());
   for (const v of variants) {
-    if (!VARIANTS[v])
+    if (!VARIANTS[baseVariant(v)])
       throw new Error(`AB_TARGETS: unknown "${v}" (known: ${Object.keys(VARIANTS).join(", ")})`);
   }
 
@@ -90,7 +95,15 @@ async function main(): Promise<number> {
   for (const v of variants) {
     targets.push({
       name: v,
-      child: await startChild(v, "cachegate-server.ts", { ...env, ...VARIANTS[v] }, [], { cpu: 1 }),
+      child: await startChild(
+        v,
+        "cachegate-server.ts",
+        { ...env, ...VARIANTS[baseVariant(v)] },
+        nodeArgs(v),
+        {
+          cpu: 1,
+        },
+      ),
     });
   }
   console.log(

@@ -53,6 +53,22 @@ describe("forwarding", () => {
     assert.equal(up.hits(), 6);
   });
 
+  test("joins an upstream URL's path to the request's; an upstream URL without one adds nothing", async () => {
+    const up = await upstream(echoHandler);
+    const seen = async (upstreamUrl: string, path: string) => {
+      const gate = await startGate(simpleConfig(upstreamUrl));
+      toClose.push({ close: () => gate.close(500) });
+      const r = await request(`${gate.url}${path}`);
+      assert.equal(r.status, 200, upstreamUrl);
+      return r.json<{ url: string }>().url;
+    };
+    assert.equal(await seen(`${up.url}/base`, "/v1/x?q=1"), "/base/v1/x?q=1");
+    assert.equal(await seen(`${up.url}/base/`, "/v1/x?q=1"), "/base/v1/x?q=1");
+    assert.equal(await seen(`${up.url}/`, "/v1//x?q=a%20b"), "/v1//x?q=a%20b");
+    assert.equal(await seen(up.url, "/"), "/");
+    assert.equal(up.hits(), 4);
+  });
+
   test("HEAD is forwarded and answered without a body", async () => {
     const up = await upstream((_req, res) => {
       res.writeHead(200, { "content-type": "text/plain", "content-length": "5" });
