@@ -1,6 +1,6 @@
 // Wiring: listeners (proxy port, admin port), the pipeline, and graceful drain.
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo, Server as NetServer, Socket } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import type { Config } from "../config/schema.js";
 import { createAdminServer } from "./admin/admin-server.js";
 import { createPurgeHandler } from "./admin/purge.js";
@@ -31,7 +31,7 @@ import { ClientLimiter } from "./resilience/client-limits.js";
 import { UpstreamLimiters } from "./resilience/upstream-limiter.js";
 import { Router } from "./routing.js";
 import { setForwardedHeaders, TrustedProxies, unmapIPv4 } from "./upstream/forwarded.js";
-import { Forwarder, ProxiedRequest } from "./upstream/forwarder.js";
+import { Forwarder } from "./upstream/forwarder.js";
 import { withoutRequestHopByHop } from "./upstream/hop-by-hop.js";
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -40,15 +40,6 @@ const kBytesCounted = Symbol("cachegate.bytesCounted");
 /** On a response: its request context (for the shared "close" handler). */
 const kCtx = Symbol("cachegate.ctx");
 type CountedSocket = Socket & { [kBytesCounted]?: number };
-
-/**
- * The listener's response class: node's, with the slot for the request context declared at construction, so every
- * response has the same hidden class from the start (see ProxiedRequest in upstream/forwarder.ts for why a slot
- * added later costs: node's code shared with upstream requests goes megamorphic).
- */
-class ProxyResponse extends http.ServerResponse {
-  [kCtx]: Context | undefined = undefined;
-}
 
 /** Top-level keys a reload cannot change in a running process. */
 const RESTART_ONLY = ["listen", "admin", "redis", "workers", "plugins", "cache"] as const;
@@ -146,7 +137,7 @@ class Context implements RequestContext {
   }
 }
 
-function listen(server: NetServer, port: number, host: string): Promise<number> {
+function listen(server: http.Server, port: number, host: string): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => {
@@ -156,7 +147,7 @@ function listen(server: NetServer, port: number, host: string): Promise<number> 
   });
 }
 
-function closeServer(server: NetServer): Promise<void> {
+function closeServer(server: http.Server): Promise<void> {
   return new Promise((resolve) => server.close(() => resolve()));
 }
 
@@ -250,7 +241,7 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
   const accessLog = createAccessLog(logger);
 
   // One function for every response (`this` is the response, its context is on it): no closure per request.
-  function onResponseClose(this: ProxyResponse): void {
+  function onResponseClose(this: ServerResponse & { [kCtx]?: Context }): void {
     const ctx = this[kCtx] as Context;
     const socket = ctx.req.socket;
     inFlight--;
@@ -299,7 +290,7 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     const ctx = new Context(id, req, res, startedAt, logger);
     // http-proxy-3, node:http, plugins' streams and this server watch `close`: more than 10 listeners is no leak.
     res.setMaxListeners(20);
-    (res as ProxyResponse)[kCtx] = ctx;
+    (res as ServerResponse & { [kCtx]?: Context })[kCtx] = ctx;
     res.on("close", onResponseClose);
 
     // While draining, requests that still arrive on kept-alive connections are served, with `connection: close`.
@@ -351,16 +342,9 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
       keepAliveTimeout: config.server.keepAliveTimeout,
       maxHeaderSize: config.server.maxHeaderSize,
       noDelay: true,
-      IncomingMessage: ProxiedRequest,
-      ServerResponse: ProxyResponse,
     },
     onRequest,
   );
-  // The byte-count slot goes on every connection's socket when it is accepted, before its first request, rather than
-  // when its first response ends: one hidden class for the sockets of all requests (see ProxyResponse).
-  server.on("connection", (socket: CountedSocket) => {
-    socket[kBytesCounted] = 0;
-  });
   server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
     // Malformed HTTP from a client: answer with a coded JSON error when the socket still allows it.
     if (!socket.writable || err.code === "ECONNRESET") return void socket.destroy();

@@ -83,19 +83,6 @@ const kExchange = Symbol("cachegate.exchange");
 type WithExchange = IncomingMessage & { [kExchange]?: Exchange };
 
 /**
- * The request class for cachegate's listener (http.createServer's `IncomingMessage` option): node's, with the
- * forwarder's slot declared at construction. V8 gives every object a hidden class (map) per sequence of added
- * properties, and node's stream and http code is shared by server requests and upstream responses alike; a slot
- * added to some requests later (`req[kExchange] = …` after the request was made) gave requests a second map, and
- * with the upstream responses' own, sites in node:http and node:stream met more than four maps and went
- * megamorphic (--log-ic: IncomingMessage's `headers` getter saw 5 maps here, 2 in bare http-proxy-3). A request of
- * any other class (a plain node:http server in tests) still works: the slot is then added on first use.
- */
-export class ProxiedRequest extends http.IncomingMessage {
-  [kExchange]?: Exchange = undefined;
-}
-
-/**
  * One forwarded request. A class rather than a closure-per-callback: the forward path runs for every miss, and
  * http-proxy-3's server-wide events (`proxyReq`, `proxyRes`, `error`, `econnreset`) find it on the request.
  * While the response body flows it is an IdleWatch: the sweeper enforces the body idle limit.
@@ -169,9 +156,6 @@ class Exchange implements IdleWatch, DeadlineWatch {
   }
 
   onResponse(proxyRes: IncomingMessage): void {
-    // Every upstream response gets this one slot, first thing, whatever happens next: they all share one map
-    // (see ProxiedRequest). The body's "close" listener finds the exchange here.
-    (proxyRes as WithExchange)[kExchange] = this;
     const cr = this.proxyReq;
     if (this.settled) {
       proxyRes.destroy();
@@ -191,7 +175,10 @@ class Exchange implements IdleWatch, DeadlineWatch {
     }
     // One listener for everything that waits for the body to be over. "close" follows "end", an error and
     // destroy() alike (`on`: no once-wrapper for a one-shot event).
-    if (this.body || this.onBodyClose) proxyRes.on("close", onBodyClosed);
+    if (this.body || this.onBodyClose) {
+      (proxyRes as WithExchange)[kExchange] = this;
+      proxyRes.on("close", onBodyClosed);
+    }
     const response: UpstreamResponse = {
       status: proxyRes.statusCode ?? 502,
       statusMessage: proxyRes.statusMessage ?? "",
