@@ -17,42 +17,12 @@
 //
 // Needs Linux with at least 2 CPUs, `taskset` (util-linux) and `wrk` (apt-get install wrk). Loopback only; every run
 // is bounded by AB_DURATION. Results: bench/results/ab-<ISO date>.json.
-import { execFile, execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join, resolve } from "node:path";
-import { promisify } from "node:util";
+import { need, wrkOnCpu0 } from "./pinned-wrk.js";
 import { cpuSeconds, ROOT, startChild, stopChildren } from "./processes.js";
 import { intEnv, VARIANTS } from "./settings.js";
-
-const run = promisify(execFile);
-
-function need(command: string, hint: string): void {
-  try {
-    execFileSync("sh", ["-c", `command -v ${command}`], { stdio: "ignore" });
-  } catch {
-    throw new Error(`bench:ab needs ${command} (${hint})`);
-  }
-}
-
-async function wrk(url: string, connections: number, seconds: number): Promise<number> {
-  const { stdout } = await run("taskset", [
-    "-c",
-    "0",
-    "wrk",
-    "-t1",
-    `-c${connections}`,
-    `-d${seconds}s`,
-    "--timeout",
-    "5s",
-    `${url}/ab`,
-  ]);
-  const m = /Requests\/sec:\s+([\d.]+)/.exec(stdout);
-  if (!m) throw new Error(`wrk printed no Requests/sec:\n${stdout}`);
-  const errors = /Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)/.exec(stdout);
-  if (errors) throw new Error(`wrk saw errors against ${url}: ${errors[0]}`);
-  return Number(m[1]);
-}
 
 /** "cachegate+--flag+--other": the variant before the first "+", node options after it (to price a V8 flag). */
 const baseVariant = (name: string): string => name.split("+")[0] as string;
@@ -66,8 +36,8 @@ const median = (xs: number[]): number => {
 async function main(): Promise<number> {
   if (process.platform !== "linux" || os.cpus().length < 2)
     throw new Error("bench:ab needs Linux with 2+ CPUs");
-  need("taskset", "util-linux");
-  need("wrk", "apt-get install wrk");
+  need("bench:ab", "taskset", "util-linux");
+  need("bench:ab", "wrk", "apt-get install wrk");
   const rounds = intEnv("AB_ROUNDS", 5, 1, 50);
   const duration = intEnv("AB_DURATION", 5, 1, 60);
   const connections = intEnv("AB_CONNECTIONS", 50, 1, 1000);
@@ -110,12 +80,12 @@ async function main(): Promise<number> {
     `bench:ab: ${targets.map((t) => t.name).join(", ")} on CPU 1, wrk on CPU 0, ${connections} connections each, ` +
       `${rounds} rounds of ${duration} s`,
   );
-  await Promise.all(targets.map((t) => wrk(t.child.url, connections, 5)));
+  await Promise.all(targets.map((t) => wrkOnCpu0(`${t.child.url}/ab`, connections, 5)));
 
   const results = targets.map(() => [] as Array<{ rps: number; cpuUsPerReq: number | undefined }>);
   for (let r = 0; r < rounds; r++) {
     const before = targets.map((t) => cpuSeconds(t.child.proc.pid));
-    const rps = await Promise.all(targets.map((t) => wrk(t.child.url, connections, duration)));
+    const rps = await Promise.all(targets.map((t) => wrkOnCpu0(`${t.child.url}/ab`, connections, duration)));
     targets.forEach((t, i) => {
       const a = before[i];
       const b = cpuSeconds(t.child.proc.pid);
