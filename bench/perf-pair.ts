@@ -13,7 +13,7 @@
 // Needs Linux with 2+ CPUs, `perf` (linux-perf / linux-tools), `taskset` and `wrk`; run as root or with
 // kernel.perf_event_paranoid <= 0. Loopback only; every run is bounded by PERF_SECONDS. Prints only.
 import { execFile } from "node:child_process";
-import { readdirSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, rmSync } from "node:fs";
 import os from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
@@ -78,6 +78,10 @@ async function main(): Promise<number> {
       throw new Error(`PERF_PAIR: unknown "${t}" (known: http-proxy-3, ${Object.keys(VARIANTS).join(", ")})`);
   }
   const baselineDir = process.env.PERF_BASELINE_DIR;
+  if (baselineDir && !existsSync(join(resolve(baselineDir), "bench", "cachegate-server.js")))
+    throw new Error(
+      `PERF_BASELINE_DIR: no compiled bench in ${resolve(baselineDir, "bench")} (see bench:ab)`,
+    );
 
   const upstream = await startChild("upstream", "upstream.ts", {}, [], { cpu: 0 });
   const env = { BENCH_UPSTREAM_URL: upstream.url };
