@@ -70,9 +70,7 @@ async function main(): Promise<number> {
         "cachegate-server.ts",
         { ...env, ...VARIANTS[baseVariant(v)] },
         nodeArgs(v),
-        {
-          cpu: 1,
-        },
+        { cpu: 1 },
       ),
     });
   }

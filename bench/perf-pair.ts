@@ -129,12 +129,14 @@ async function main(): Promise<number> {
   const us = (i: number, samples: number) => (samples / FREQ / ((rps[i] as number) * seconds)) * 1e6;
   const [a, b] = [profiles.get(pids[0] as number), profiles.get(pids[1] as number)] as [Profile, Profile];
   const total = (p: Profile) => [...p.kinds.values()].reduce((x, y) => x + y, 0);
-  const col = (s: string) => s.padStart(12);
+  const headers = [pair[0] as string, baselineDir ? "baseline" : (pair[1] as string)];
+  const width = Math.max(12, ...headers.map((h) => h.length + 2));
+  const col = (s: string) => s.padStart(width);
   console.log(
     `\nreq/s: ${names[0]} ${Math.round(rps[0] as number)}, ${names[1]} ${Math.round(rps[1] as number)}`,
   );
   console.log(
-    `\nCPU µs per request${" ".repeat(14)}${col(pair[0] as string)}${col(pair[1] as string)}  difference`,
+    `\nCPU µs per request${" ".repeat(14)}${col(headers[0] as string)}${col(headers[1] as string)}  difference`,
   );
   const row = (label: string, x: number, y: number) =>
     console.log(
@@ -149,7 +151,7 @@ async function main(): Promise<number> {
     const symbols = [...new Set([...a.symbols.keys(), ...b.symbols.keys()])];
     const diff = (s: string) => us(1, b.symbols.get(s) ?? 0) - us(0, a.symbols.get(s) ?? 0);
     symbols.sort((x, y) => Math.abs(diff(y)) - Math.abs(diff(x)));
-    console.log(`\nsymbols whose cost differs most (µs per request, ${pair[1]} minus ${pair[0]}):`);
+    console.log(`\nsymbols whose cost differs most (µs per request, ${names[1]} minus ${names[0]}):`);
     for (const s of symbols.slice(0, top)) {
       const d = diff(s);
       console.log(`  ${((d >= 0 ? "+" : "") + d.toFixed(2)).padStart(7)}  ${s.slice(0, 110)}`);
