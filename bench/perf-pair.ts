@@ -7,6 +7,7 @@
 //
 //   npm run bench:perf                               http-proxy-3 against cachegate, 10 s after an 8 s warm-up
 //   PERF_PAIR=cachegate-warn,cachegate               any two of http-proxy-3 and the bench:ab variants (settings.ts)
+//   PERF_PAIR=cachegate,cachegate+--some-v8-flag     node options after "+" (as in bench:ab), to price a V8 flag
 //   PERF_BASELINE_DIR=.bench-base                    the second target compiled from another version (see bench:ab)
 //   PERF_SECONDS, PERF_CONNECTIONS, PERF_TOP (symbols listed, default 25)
 //
@@ -73,7 +74,8 @@ async function main(): Promise<number> {
   const top = intEnv("PERF_TOP", 25, 0, 200);
   const pair = (process.env.PERF_PAIR ?? "http-proxy-3,cachegate").split(",").map((s) => s.trim());
   if (pair.length !== 2) throw new Error("PERF_PAIR: give exactly two targets");
-  for (const t of pair) {
+  const base = (t: string) => t.split("+")[0] as string;
+  for (const t of pair.map(base)) {
     if (t !== "http-proxy-3" && !VARIANTS[t])
       throw new Error(`PERF_PAIR: unknown "${t}" (known: http-proxy-3, ${Object.keys(VARIANTS).join(", ")})`);
   }
@@ -89,9 +91,9 @@ async function main(): Promise<number> {
     pair.map((t, i) =>
       startChild(
         t,
-        t === "http-proxy-3" ? "bare-proxy.ts" : "cachegate-server.ts",
-        { ...env, ...(VARIANTS[t] ?? {}) },
-        ["--perf-basic-prof"],
+        base(t) === "http-proxy-3" ? "bare-proxy.ts" : "cachegate-server.ts",
+        { ...env, ...(VARIANTS[base(t)] ?? {}) },
+        ["--perf-basic-prof", ...t.split("+").slice(1)],
         { cpu: 1, ...(i === 1 && baselineDir ? { benchDir: resolve(baselineDir, "bench") } : {}) },
       ),
     ),
