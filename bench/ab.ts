@@ -22,11 +22,7 @@ import os from "node:os";
 import { join, resolve } from "node:path";
 import { need, wrkOnCpu0 } from "./pinned-wrk.js";
 import { cpuSeconds, ROOT, startChild, stopChildren } from "./processes.js";
-import { intEnv, VARIANTS } from "./settings.js";
-
-/** "cachegate+--flag+--other": the variant before the first "+", node options after it (to price a V8 flag). */
-const baseVariant = (name: string): string => name.split("+")[0] as string;
-const nodeArgs = (name: string): string[] => name.split("+").slice(1);
+import { baseVariant, intEnv, nodeArgs, VARIANTS } from "./settings.js";
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);

@@ -20,7 +20,7 @@ import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { need, wrkOnCpu0 } from "./pinned-wrk.js";
 import { ROOT, startChild, stopChildren } from "./processes.js";
-import { intEnv, VARIANTS } from "./settings.js";
+import { baseVariant, intEnv, nodeArgs, VARIANTS } from "./settings.js";
 
 const run = promisify(execFile);
 const FREQ = 4000;
@@ -74,8 +74,7 @@ async function main(): Promise<number> {
   const top = intEnv("PERF_TOP", 25, 0, 200);
   const pair = (process.env.PERF_PAIR ?? "http-proxy-3,cachegate").split(",").map((s) => s.trim());
   if (pair.length !== 2) throw new Error("PERF_PAIR: give exactly two targets");
-  const base = (t: string) => t.split("+")[0] as string;
-  for (const t of pair.map(base)) {
+  for (const t of pair.map(baseVariant)) {
     if (t !== "http-proxy-3" && !VARIANTS[t])
       throw new Error(`PERF_PAIR: unknown "${t}" (known: http-proxy-3, ${Object.keys(VARIANTS).join(", ")})`);
   }
@@ -91,9 +90,9 @@ async function main(): Promise<number> {
     pair.map((t, i) =>
       startChild(
         t,
-        base(t) === "http-proxy-3" ? "bare-proxy.ts" : "cachegate-server.ts",
-        { ...env, ...(VARIANTS[base(t)] ?? {}) },
-        ["--perf-basic-prof", ...t.split("+").slice(1)],
+        baseVariant(t) === "http-proxy-3" ? "bare-proxy.ts" : "cachegate-server.ts",
+        { ...env, ...(VARIANTS[baseVariant(t)] ?? {}) },
+        ["--perf-basic-prof", ...nodeArgs(t)],
         { cpu: 1, ...(i === 1 && baselineDir ? { benchDir: resolve(baselineDir, "bench") } : {}) },
       ),
     ),

@@ -11,6 +11,10 @@ export function intEnv(name: string, fallback: number, min: number, max: number)
   return n;
 }
 
+/** "cachegate+--flag+--other": the variant before the first "+", node options after it (to price a V8 flag). */
+export const baseVariant = (name: string): string => name.split("+")[0] as string;
+export const nodeArgs = (name: string): string[] => name.split("+").slice(1);
+
 /** Variant name → bench/cachegate-server.ts environment. */
 export const VARIANTS: Record<string, Record<string, string>> = {
   cachegate: {},
