@@ -11,6 +11,8 @@
 //   INSTR_BASELINE_VARIANT=cachegate-forward   the baseline build as that variant instead: without the adaptive
 //                                           limiter the counts repeat within ~1 %, so a small change shows
 //   INSTR_WARMUP (default 15000), INSTR_REQUESTS (default 5000), INSTR_CONNECTIONS (default 50)
+//   INSTR_SAME_URL=1                        every request to /x, as `npm run bench` sends them (the default route
+//                                           then answers from its hit-for-miss mark instead of leading a flight)
 //   INSTR_CACHE_SIM=1                       also simulate the caches: L1 data and last-level misses per request
 //   BENCH_V8_DEFAULTS=1                     cachegate without the CLI's V8 flags (proxy/v8-flags.ts); the same
 //                                           count either way (403k vs 405k for cachegate-nocache, 2026-12-05).
@@ -54,6 +56,7 @@ interface Settings {
   requests: number;
   connections: number;
   cacheSim: boolean;
+  sameUrl: boolean;
 }
 
 function readSettings(): Settings {
@@ -82,6 +85,7 @@ function readSettings(): Settings {
     requests: intEnv("INSTR_REQUESTS", 5_000, 100, 200_000),
     connections: intEnv("INSTR_CONNECTIONS", 50, 1, 500),
     cacheSim: process.env.INSTR_CACHE_SIM === "1",
+    sameUrl: process.env.INSTR_SAME_URL === "1",
   };
 }
 
@@ -163,9 +167,9 @@ async function measure(
   const pid = child.proc.pid;
   if (pid === undefined) throw new Error(`${target}: no pid`);
   try {
-    if (s.warmup > 0) await loadDistinct(child.port, s.warmup, s.connections, 0, PHASE_MS);
+    if (s.warmup > 0) await loadDistinct(child.port, s.warmup, s.connections, 0, PHASE_MS, s.sameUrl);
     await control(pid, "-i", "on");
-    await loadDistinct(child.port, s.requests, s.connections, 1_000_000, PHASE_MS);
+    await loadDistinct(child.port, s.requests, s.connections, 1_000_000, PHASE_MS, s.sameUrl);
     await control(pid, "-i", "off");
     await control(pid, "-d");
     const text = await readDump(dir, target, pid);
@@ -209,7 +213,7 @@ async function main(): Promise<void> {
   ];
   console.log(
     `bench:instructions: ${jobs.map((j) => j.name).join(", ")}; ${s.warmup} warm-up requests uninstrumented, ` +
-      `then ${s.requests} counted, ${s.connections} connections, distinct URLs${s.cacheSim ? ", cache simulation" : ""}`,
+      `then ${s.requests} counted, ${s.connections} connections, ${s.sameUrl ? "one URL" : "distinct URLs"}${s.cacheSim ? ", cache simulation" : ""}`,
   );
   console.log(`node ${process.version}, ${os.cpus().length} CPUs; callgrind dumps in ${dir}`);
 

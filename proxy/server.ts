@@ -35,11 +35,8 @@ import { Forwarder } from "./upstream/forwarder.js";
 import { withoutRequestHopByHop } from "./upstream/hop-by-hop.js";
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
-/** On a client socket: its bytesWritten when its last response ended (keep-alive sockets carry many). */
-const kBytesCounted = Symbol("cachegate.bytesCounted");
 /** On a response: its request context (for the shared "close" handler). */
 const kCtx = Symbol("cachegate.ctx");
-type CountedSocket = Socket & { [kBytesCounted]?: number };
 
 /** Top-level keys a reload cannot change in a running process. */
 const RESTART_ONLY = ["listen", "admin", "redis", "workers", "plugins", "cache"] as const;
@@ -115,6 +112,14 @@ class Context implements RequestContext {
   servedEntry: RequestContext["servedEntry"] = undefined;
   upstreamMs: number | undefined = undefined;
   errorCode: RequestContext["errorCode"] = undefined;
+  /**
+   * The client socket's bytesWritten when this request arrived (a kept-alive socket carries many responses): the
+   * response's bytes are what it has written since. Kept here rather than on the socket: a property added to
+   * sockets gives node's stream code one more hidden class per socket shape (see forwarder.ts, Exchange). A request
+   * pipelined behind an unfinished response (HTTP/1.1 pipelining; nginx never does it) also counts that response's
+   * remaining bytes.
+   */
+  readonly bytesAtStart: number;
   private childLog: Logger | undefined;
 
   constructor(
@@ -129,6 +134,7 @@ class Context implements RequestContext {
     this.method = req.method ?? "GET";
     this.peerIp = unmapIPv4(req.socket.remoteAddress ?? "");
     this.clientIp = this.peerIp;
+    this.bytesAtStart = req.socket.bytesWritten ?? 0;
   }
 
   get log(): Logger {
@@ -255,11 +261,8 @@ export async function startCachegate(config: Config, opts: StartOptions = {}): P
     const sent = ctx.sentBody;
     if (sent && !sent.readableEnded) sent.destroy();
     const aborted = !this.writableFinished && ctx.errorCode !== "upstream_aborted";
-    // Bytes of this response: the socket's count now, less what it had when its previous response ended (one
-    // read of the getter per request; it copies the socket's write queue each time).
-    const written = socket.bytesWritten;
-    const bytes = written - ((socket as CountedSocket)[kBytesCounted] ?? 0);
-    (socket as CountedSocket)[kBytesCounted] = written;
+    // Bytes of this response: the socket's count now, less what it had when the request arrived.
+    const bytes = (socket.bytesWritten ?? ctx.bytesAtStart) - ctx.bytesAtStart;
     const summary: RequestSummary = {
       reqId: ctx.id,
       method: ctx.method,

@@ -1,7 +1,6 @@
 // Last stage, deliver: the only place that writes to the client socket. Adds cachegate's own headers,
 // flushes event streams frame by frame, and cuts the client connection if the upstream body breaks.
 import type { OutgoingHttpHeader } from "node:http";
-import type { Readable } from "node:stream";
 import type { RequestContext, ResponsePlan } from "../context.js";
 import { errorBody, ProxyError } from "../errors.js";
 
@@ -72,33 +71,27 @@ export function deliver(ctx: RequestContext, plan: ResponsePlan, opts: DeliverOp
     res.socket?.setNoDelay(true);
   }
   // The body is pumped by hand rather than with `.pipe`: pipe adds six listeners (three of them once-wrappers) and
-  // removes them again, on every response; these four listeners are module functions (no closure per response) and
-  // are never removed. (stream.pipeline is worse still: on Node 20 it costs an AbortController and a DOMException.)
+  // removes them again, on every response; these four are never removed. (stream.pipeline is worse still: on Node 20
+  // it costs an AbortController and a DOMException.) Closures over the context, not module functions finding it on
+  // the body: a property added to upstream responses gives node's IncomingMessage and stream code more hidden
+  // classes than it handles inline (see forwarder.ts, Exchange).
   // The server's "close" handler destroys `sentBody` when the client leaves first, which aborts the upstream request.
   ctx.sentBody = body;
-  (body as PumpedBody)[kCtx] = ctx;
-  body.on("error", onBodyError);
-  body.on("close", onBodyClose);
-  body.on("end", onBodyEnd);
-  body.on("data", onBodyData);
+  body.on("error", () => cut(ctx));
+  // The body broke (closed before its end) while the response was still open.
+  body.on("close", () => {
+    if (!body.readableEnded) cut(ctx);
+  });
+  body.on("end", () => res.end());
+  body.on("data", (chunk: Buffer) => {
+    if (!res.write(chunk)) {
+      // The client reads slower than the upstream sends: wait for the socket to drain (backpressure reaches the
+      // upstream through its TCP window).
+      body.pause();
+      res.once("drain", () => body.resume());
+    }
+  });
   if (body.readableFlowing !== true) body.resume(); // also a body a stage paused
-}
-
-const kCtx = Symbol("cachegate.deliverCtx");
-type PumpedBody = Readable & { [kCtx]: RequestContext };
-
-function onBodyData(this: PumpedBody, chunk: Buffer): void {
-  const res = this[kCtx].res;
-  if (!res.write(chunk)) {
-    // The client reads slower than the upstream sends: wait for the socket to drain (backpressure reaches the
-    // upstream through its TCP window).
-    this.pause();
-    res.once("drain", () => this.resume());
-  }
-}
-
-function onBodyEnd(this: PumpedBody): void {
-  this[kCtx].res.end();
 }
 
 /**
@@ -110,16 +103,6 @@ function cut(ctx: RequestContext): void {
   if (res.writableEnded) return;
   if (!ctx.req.socket.destroyed) ctx.errorCode ??= "upstream_aborted";
   res.destroy();
-}
-
-// `on`, not `once`, for "error": an error listener that stays is harmless (a once-wrapper each is not free on a path
-// every response takes).
-function onBodyError(this: PumpedBody): void {
-  cut(this[kCtx]);
-}
-
-function onBodyClose(this: PumpedBody): void {
-  if (!this.readableEnded) cut(this[kCtx]);
 }
 
 export function asProxyError(err: unknown): ProxyError {

@@ -116,6 +116,8 @@ export class UpstreamBreaker {
   private readonly cb: CircuitBreaker<[Call, Judge | undefined], unknown>;
   private previous: BreakerState = "closed";
   private openedAt = 0;
+  /** The counting Status opossum keeps its rolling window in (undefined: opossum's own, and every call fires). */
+  private readonly status: StatusLike | undefined;
 
   constructor(
     readonly upstream: string,
@@ -130,6 +132,7 @@ export class UpstreamBreaker {
       rollingPercentilesEnabled: false,
       enableSnapshots: false,
     };
+    this.status = CountingStatus ? new CountingStatus(window) : undefined;
     this.cb = new CircuitBreaker<[Call, Judge | undefined], unknown>(judged, {
       name: upstream,
       timeout: false,
@@ -137,7 +140,7 @@ export class UpstreamBreaker {
       errorThresholdPercentage: cfg.errorThresholdPercentage,
       volumeThreshold: cfg.volumeThreshold,
       ...window,
-      ...(CountingStatus ? { status: new CountingStatus(window) as unknown as CircuitBreaker.Status } : {}),
+      ...(this.status ? { status: this.status as unknown as CircuitBreaker.Status } : {}),
       // Returning true means "not a failure" (opossum then reports a success, which closes a half-open breaker).
       errorFilter: (err: unknown) => !this.isFailure(err),
     });
@@ -192,7 +195,10 @@ export class UpstreamBreaker {
    * promise and a microtask turn more.
    */
   run<T>(call: () => Promise<T>, isFailure: (result: T) => boolean): Promise<T> {
-    return this.cb.fire(call as Call, isFailure as Judge).then(undefined, this.unwrap) as Promise<T>;
+    return this.fire(() => judged(call as Call, isFailure as Judge)).then(
+      undefined,
+      this.unwrap,
+    ) as Promise<T>;
   }
 
   /**
@@ -201,7 +207,54 @@ export class UpstreamBreaker {
    * rejection through `outcome`.
    */
   fire<T>(call: () => Promise<T>): Promise<T> {
+    if (this.status !== undefined && this.cb.closed) return this.direct(call, this.status);
     return this.cb.fire(call as Call, undefined) as Promise<T>;
+  }
+
+  /**
+   * A call made while the breaker is closed, counted in opossum's rolling window as opossum's `fire` counts it
+   * (a fire now; a success, or a failure and opossum's opening rule, when it settles) but without `fire` itself:
+   * per call that costs a promise and its executor, two more promises for its then/catch, two emitted events and
+   * an argument array or two, ~8 % of a forwarded request's CPU (bench:perf, cachegate against the same without a
+   * breaker). Here: the call's own promise and one `then`. Everything else (half-open, open, the reset timer, the
+   * probe) is opossum's: a breaker that is not closed gets every call through `fire`.
+   */
+  private direct<T>(call: () => Promise<T>, status: StatusLike): Promise<T> {
+    status.increment("fires");
+    let pending: Promise<T>;
+    try {
+      pending = call();
+    } catch (err) {
+      this.settled(err);
+      return Promise.reject(err);
+    }
+    return pending.then(this.succeeded, this.failed) as Promise<T>;
+  }
+
+  private readonly succeeded = <T>(result: T): T => {
+    this.settled(undefined);
+    return result;
+  };
+
+  private readonly failed = (err: unknown): never => {
+    this.settled(err);
+    throw err;
+  };
+
+  /** opossum's bookkeeping for a settled call (its handleError, errorFilter, `success` listener and `fail`). */
+  private settled(err: unknown): void {
+    const status = this.status as StatusLike;
+    const cb = this.cb;
+    if (err === undefined || !this.isFailure(err)) {
+      status.increment("successes");
+      if (cb.halfOpen) cb.close(); // opossum closes a half-open breaker on any success
+      return;
+    }
+    status.increment("failures");
+    if (cb.warmUp) return;
+    const stats = cb.stats;
+    if (stats.fires < cb.volumeThreshold && !cb.halfOpen) return;
+    if ((stats.failures / stats.fires) * 100 > this.cfg.errorThresholdPercentage || cb.halfOpen) cb.open();
   }
 
   /** For a rejection of `fire`: the result that counted as a failure, or throws (a refusal as our coded 503). */

@@ -80,11 +80,16 @@ function hasBody(req: IncomingMessage): boolean {
 }
 
 const kExchange = Symbol("cachegate.exchange");
-type WithExchange = IncomingMessage & { [kExchange]?: Exchange };
+type WithExchange = ServerResponse & { [kExchange]?: Exchange };
 
 /**
  * One forwarded request. A class rather than a closure-per-callback: the forward path runs for every miss, and
- * http-proxy-3's server-wide events (`proxyReq`, `proxyRes`, `error`, `econnreset`) find it on the request.
+ * http-proxy-3's server-wide events (`proxyReq`, `proxyRes`, `error`, `econnreset`) find it on the client's
+ * response. On the response, not on either IncomingMessage: a property added to some IncomingMessages and not to
+ * others gives node's own IncomingMessage and stream code (the `headers` getter, Readable's resume/read/
+ * endReadable) more hidden classes than they can handle inline, and those sites went megamorphic (`--log-ic`:
+ * polymorphic in bare http-proxy-3, megamorphic in cachegate, when the request and the upstream response were
+ * tagged). The upstream response's listener is a closure for the same reason.
  * While the response body flows it is an IdleWatch: the sweeper enforces the body idle limit.
  */
 class Exchange implements IdleWatch, DeadlineWatch {
@@ -112,8 +117,8 @@ class Exchange implements IdleWatch, DeadlineWatch {
 
   constructor(
     private readonly forwarder: Forwarder,
-    readonly req: WithExchange,
-    readonly res: ServerResponse,
+    readonly req: IncomingMessage,
+    readonly res: WithExchange,
     readonly upstream: Upstream,
   ) {}
 
@@ -131,7 +136,7 @@ class Exchange implements IdleWatch, DeadlineWatch {
     } else if (t > 0) {
       this.responseTimer = setTimeout(onResponseTimeout, t, this);
     }
-    this.req[kExchange] = this;
+    this.res[kExchange] = this;
     this.send(body);
     return promise;
   }
@@ -175,10 +180,7 @@ class Exchange implements IdleWatch, DeadlineWatch {
     }
     // One listener for everything that waits for the body to be over. "close" follows "end", an error and
     // destroy() alike (`on`: no once-wrapper for a one-shot event).
-    if (this.body || this.onBodyClose) {
-      (proxyRes as WithExchange)[kExchange] = this;
-      proxyRes.on("close", onBodyClosed);
-    }
+    if (this.body || this.onBodyClose) proxyRes.on("close", () => this.bodyClosed());
     const response: UpstreamResponse = {
       status: proxyRes.statusCode ?? 502,
       statusMessage: proxyRes.statusMessage ?? "",
@@ -256,18 +258,13 @@ class Exchange implements IdleWatch, DeadlineWatch {
   }
 }
 
-// Module functions rather than per-exchange closures: the timers get their exchange as an argument, the body's
-// "close" listener finds it on the body (`this` is the emitter).
+// Module functions rather than per-exchange closures: the timers get their exchange as an argument.
 function onResponseTimeout(ex: Exchange): void {
   ex.deadlineExpired();
 }
 
 function onConnectTimeout(ex: Exchange): void {
   ex.connectTimedOut();
-}
-
-function onBodyClosed(this: WithExchange): void {
-  this[kExchange]?.bodyClosed();
 }
 
 export class Forwarder {
@@ -304,12 +301,12 @@ export class Forwarder {
         // nothing to join, and the joined path is the request's own either way.
         prependPath: upstream.url.pathname !== "/",
       });
-      const ex = (req: IncomingMessage) => (req as WithExchange)[kExchange];
-      proxy.on("proxyReq", (proxyReq, req, _res, _options, socket) => ex(req)?.onProxyReq(proxyReq, socket));
-      proxy.on("proxyRes", (proxyRes, req) => ex(req)?.onResponse(proxyRes));
+      const ex = (res: unknown) => (res as WithExchange)[kExchange];
+      proxy.on("proxyReq", (proxyReq, _req, res, _options, socket) => ex(res)?.onProxyReq(proxyReq, socket));
+      proxy.on("proxyRes", (proxyRes, _req, res) => ex(res)?.onResponse(proxyRes));
       // Without an error listener http-proxy-3 rethrows errors as uncaught exceptions.
-      proxy.on("error", (err, req) => ex(req)?.onError(err as CodedError));
-      proxy.on("econnreset", (_err, req) => ex(req)?.onClientGone());
+      proxy.on("error", (err, _req, res) => ex(res)?.onError(err as CodedError));
+      proxy.on("econnreset", (_err, _req, res) => ex(res)?.onClientGone());
       this.proxies.set(upstream, proxy);
     }
     return proxy;

@@ -195,6 +195,48 @@ describe("circuit breakers", () => {
     assert.deepEqual(transitions, ["open", "half-open", "open", "half-open", "open"]);
   });
 
+  test("while closed, calls are counted without opossum's fire; calls in flight across a change obey opossum's rules", async () => {
+    const { b, transitions } = breaker();
+    const cb = (b as unknown as { cb: { on(e: string, f: () => void): void } }).cb;
+    let fired = 0;
+    cb.on("fire", () => fired++);
+    // Started while closed: a slow success and a slow failure, then three failures open the breaker.
+    let release: (() => void) | undefined;
+    const slow = b.run(
+      () => new Promise<{ status: number }>((resolve) => (release = () => resolve({ status: 200 }))),
+      isFailure,
+    );
+    let fail: (() => void) | undefined;
+    const slowFailure = b.run(
+      () => new Promise<{ status: number }>((resolve) => (fail = () => resolve({ status: 502 }))),
+      isFailure,
+    );
+    for (let i = 0; i < 2; i++) await b.run(status(500), isFailure);
+    assert.equal(b.state(), "closed", "4 calls fired: under the volume threshold of 5");
+    await b.run(status(500), isFailure);
+    assert.equal(fired, 0, "no call went through opossum's fire while the breaker was closed");
+    assert.equal(b.state(), "open", "3 failures of 5 calls fired (2 still in flight)");
+    assert.equal(b.stats().fires, 5, "a call counts as fired when it starts, as with fire");
+    // A failure that started before the breaker opened still counts, and it stays open.
+    fail?.();
+    assert.equal((await slowFailure).status, 502);
+    assert.equal(b.stats().failures, 4);
+    assert.equal(b.state(), "open");
+    // A success that started while closed and ends while half-open closes it, as opossum's own success does.
+    await sleep(260);
+    assert.equal(b.state(), "half-open");
+    release?.();
+    assert.equal((await slow).status, 200);
+    assert.equal(b.state(), "closed");
+    assert.deepEqual(transitions, ["open", "half-open", "closed"]);
+    assert.equal(fired, 0);
+    // The window still holds the failures: the next one opens it, and then opossum's fire decides (and refuses).
+    await b.run(status(500), isFailure);
+    assert.equal(b.state(), "open");
+    await assert.rejects(b.run(status(200), isFailure), { code: "upstream_circuit_open" });
+    assert.equal(fired, 1, "the refused call went through fire");
+  });
+
   test("upstreams with breaker.enabled false have no breaker", () => {
     const config = configFrom({
       upstreams: [{ name: "up", url: "http://127.0.0.1:9", breaker: { enabled: false } }],
