@@ -22,7 +22,7 @@ export function isoSecondPrefix(second: number): string {
 
 /** isoSecondPrefix's text as bytes (made with it, once per second). */
 function isoSecondPrefixBytes(second: number): Buffer {
-  if (second !== cachedSecond) isoSecondPrefix(second);
+  isoSecondPrefix(second);
   return cachedPrefixBytes;
 }
 
